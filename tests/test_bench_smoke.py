@@ -1,10 +1,13 @@
 """Smoke tests of the benchmark scripts' core functions on a tiny random model and a few real items:
 the three scorers agree with each other, token counts match a direct count, generation variants
-agree, and a plan swap leaves the model as it was. No timing is asserted."""
+agree, a plan swap leaves the model as it was, and the footprint variants hold the expert bytes a
+direct count gives. No timing is asserted."""
+import argparse
+
 import pytest
 import torch
 
-from bench import bench_gen, bench_ppl, bench_search_swap, common
+from bench import bench_expert_footprint, bench_gen, bench_ppl, bench_search_swap, common
 from harness.models.hf_causal_lm import HFCausalLM
 
 
@@ -86,3 +89,46 @@ def test_swap_measurement_restores_the_model():
     assert [r[1] for r in rows] == ["none (reset only)", "pruning", "merging"]
     assert all(r[6] > 0 and 0 <= float(r[7]) <= 100 for r in rows)
     assert torch.equal(model(ids).logits, before)
+
+
+TINY_MIXTRAL_SHAPE = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                          num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2,
+                          max_position_embeddings=128, rope_theta=1e4, rms_norm_eps=1e-5)
+
+
+def test_footprint_variants_hold_the_expected_expert_bytes(monkeypatch):
+    monkeypatch.setattr(bench_expert_footprint, "MIXTRAL_SHAPE", TINY_MIXTRAL_SHAPE)
+    monkeypatch.setattr(bench_expert_footprint, "EEP_PLAN", common.REPO / "no-such-plan.pth")  # the random plan
+    args = argparse.Namespace(layers=2, batch_size=2, prompt_len=5, new_tokens=3, repeats=1)
+    cpu = torch.device("cpu")
+    variants, source = bench_expert_footprint.variants(args.layers)
+    assert source.startswith("random 4 of 8")
+    results = {v.name: bench_expert_footprint.measure(v, args, cpu, torch.float32) for v in variants}
+    # fused experts per layer: gate_up (E, 2I, H) + down (E, H, I), fp32
+    full = 2 * 3 * 8 * 32 * 48 * 4
+    expected = {"full (8 experts, top-2)": full, "budget 4 (top-2)": full // 2, "top-1 (8 experts)": full,
+                "budget 4, top-1": full // 2}
+    assert {name: r["expert_bytes"] for name, r in results.items()} == expected
+    assert results["budget 4 (top-2)"]["model_bytes"] <= results["full (8 experts, top-2)"]["model_bytes"] - full // 2
+    assert all(r["decode_s"] > 0 and r["tokens_per_s"] > 0 for r in results.values())
+    lines = bench_expert_footprint.report(results, cpu, torch.float32, args, source)
+    assert "budget-4 expert memory / full: 0.5 (target <= 0.55) -> MET" in lines[-1]
+
+
+def test_footprint_top1_variant_routes_each_token_to_one_expert(monkeypatch):
+    from harness.compress.adapters import adapter_for, decoder_layers, moe_block
+    from harness.compress.apply import apply_plan
+
+    monkeypatch.setattr(bench_expert_footprint, "MIXTRAL_SHAPE", TINY_MIXTRAL_SHAPE)
+    model = bench_expert_footprint.mixtral_shape_model(2, torch.device("cpu"), torch.float32)
+    apply_plan(model, bench_expert_footprint.with_top_k(None, 2, 1))
+    adapter = adapter_for(model)
+    router = getattr(moe_block(adapter, decoder_layers(model)[0]), adapter.router_attr)
+    _, weights, indices = router(torch.randn(5, 32))
+    assert indices.shape == (5, 1) and torch.allclose(weights, torch.ones_like(weights))
+
+
+def test_footprint_budget_plan_is_the_eep_boolq_plan(shared_dir):
+    plan, source = bench_expert_footprint.budget_plan(2)
+    assert "boolq_budget_4.pth" in source and plan.num_layers == 2
+    assert sorted(plan.layers) == [0, 1] and all(plan.budget(i) == 4 for i in (0, 1))
