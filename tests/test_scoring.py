@@ -12,12 +12,34 @@ def lm(tiny_mixtral_path):
     return HFCausalLM(str(tiny_mixtral_path), batch_size=3, max_seq_len=64)
 
 
+SCORING_PATHS = [
+    pytest.param(dict(packed_scoring=True), id="packed-sdpa"),
+    pytest.param(dict(packed_scoring=True, model_kwargs=dict(attn_implementation="eager")), id="packed-eager"),
+    pytest.param(dict(packed_scoring=False), id="kv-cache"),
+]
+
+
+@pytest.fixture(scope="module", params=SCORING_PATHS)
+def scorer(request, tiny_mixtral_path):
+    """The wrapper on each scoring path: packed rows (sdpa's bool mask, eager's additive one) and
+    the prefix-then-suffixes KV-cache path."""
+    lm = HFCausalLM(str(tiny_mixtral_path), batch_size=3, max_seq_len=64, **request.param)
+    wanted = request.param.get("model_kwargs", {}).get("attn_implementation", "sdpa")
+    assert lm.model.config._attn_implementation == wanted
+    return lm
+
+
 def direct_logprobs(model, tokens):
     """log p(token_t | tokens_<t) for t >= 1, from one plain forward of the whole sequence."""
+    return [lp for lp, _ in direct_scores(model, tokens)]
+
+
+def direct_scores(model, tokens):
+    """(log p(token_t | tokens_<t), token_t is the argmax) for t >= 1, from one plain forward."""
     with torch.no_grad():
         logits = model(torch.tensor([tokens])).logits[0].float()
     logprobs = torch.log_softmax(logits, dim=-1)
-    return [logprobs[t - 1, tokens[t]].item() for t in range(1, len(tokens))]
+    return [(logprobs[t - 1, tokens[t]].item(), bool(logits[t - 1].argmax() == tokens[t])) for t in range(1, len(tokens))]
 
 
 def random_groups(seed, num_groups=9):
@@ -33,16 +55,29 @@ def random_groups(seed, num_groups=9):
     return groups
 
 
-def test_scores_equal_a_direct_computation(lm):
+def test_scores_equal_a_direct_computation(scorer):
     groups = random_groups(0)
-    for group, scores in zip(groups, lm.score(groups)):
+    for group, scores in zip(groups, scorer.score(groups)):
         for request, score in zip(group, scores):
-            expected = direct_logprobs(lm.model, request.tokens)[request.score_from - 1 :]
+            expected = direct_scores(scorer.model, request.tokens)[request.score_from - 1 :]
             assert score.num_tokens == len(expected)
-            assert score.logprob == pytest.approx(sum(expected), abs=1e-5)
+            assert score.logprob == pytest.approx(sum(lp for lp, _ in expected), abs=1e-5)
+            assert score.is_greedy == all(greedy for _, greedy in expected)
 
 
-def test_groups_without_a_shared_prefix_and_one_token_suffixes(lm):
+def test_is_greedy_is_true_for_the_models_own_continuation(scorer):
+    context = [1, 17, 42, 99]
+    with torch.no_grad():
+        out = scorer.model.generate(torch.tensor([context]), max_new_tokens=4, do_sample=False,
+                                    pad_token_id=scorer.pad_token_id)
+    own = out[0].tolist()
+    other = own[:-1] + [(own[-1] + 1) % 300 + 4]
+    [[mine, theirs]] = scorer.score([[ScoreRequest(own, len(context)), ScoreRequest(other, len(context))]])
+    assert mine.is_greedy and not theirs.is_greedy
+
+
+def test_groups_without_a_shared_prefix_and_one_token_suffixes(scorer):
+    lm = scorer
     groups = [
         [ScoreRequest([5, 6, 7], 1), ScoreRequest([8, 9], 1)],  # nothing shared
         [ScoreRequest([1, 20, 30], 2), ScoreRequest([1, 20, 31], 2)],  # suffixes of one token
@@ -52,7 +87,21 @@ def test_groups_without_a_shared_prefix_and_one_token_suffixes(lm):
             assert score.logprob == pytest.approx(sum(direct_logprobs(lm.model, request.tokens)[request.score_from - 1 :]), abs=1e-5)
 
 
-def test_shared_context_runs_through_the_model_once(lm):
+def test_packed_scoring_runs_context_and_continuations_in_one_forward(lm):
+    context = [1] + list(range(10, 40))
+    group = [ScoreRequest(context + [50 + k, 60 + k], len(context)) for k in range(4)]
+    seen = []
+    hook = lm.model.model.embed_tokens.register_forward_hook(lambda m, i, o: seen.append(int(i[0].numel())))
+    try:
+        lm.score([group])
+    finally:
+        hook.remove()
+    # one row: the 31-token context, then each continuation without its last token (1 token each)
+    assert seen == [len(context) + 4]
+
+
+def test_kv_cache_path_runs_the_shared_context_once(tiny_mixtral_path):
+    lm = HFCausalLM(str(tiny_mixtral_path), batch_size=3, max_seq_len=64, packed_scoring=False)
     context = [1] + list(range(10, 40))
     group = [ScoreRequest(context + [50 + k, 60 + k], len(context)) for k in range(4)]
     seen = []
@@ -67,7 +116,8 @@ def test_shared_context_runs_through_the_model_once(lm):
     assert sum(seen) < sum(len(r.tokens) for r in group) / 3
 
 
-def test_left_truncation_keeps_the_end(lm):
+def test_left_truncation_keeps_the_end(scorer):
+    lm = scorer
     long = [1] + [random.Random(1).randrange(4, 300) for _ in range(100)]
     [[score]] = lm.score([[ScoreRequest(long, 95)]])
     kept = long[-lm.max_seq_len :]
@@ -139,10 +189,11 @@ def test_sampling_is_reproducible_with_a_seed_and_differs_from_greedy(lm):
     assert len(set(first)) > 1  # four samples of a random model at temperature 1.5 do not all agree
 
 
+@pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("batch_size", [1, 2, 8])
-def test_scores_do_not_depend_on_the_batch_size(tiny_mixtral_path, batch_size):
+def test_scores_do_not_depend_on_the_batch_size(tiny_mixtral_path, batch_size, packed):
     groups = random_groups(3, num_groups=5)
-    lm = HFCausalLM(str(tiny_mixtral_path), batch_size=batch_size, max_seq_len=64)
+    lm = HFCausalLM(str(tiny_mixtral_path), batch_size=batch_size, max_seq_len=64, packed_scoring=packed)
     for group, scores in zip(groups, lm.score(groups)):
         for request, score in zip(group, scores):
             expected = direct_logprobs(lm.model, request.tokens)[request.score_from - 1 :]

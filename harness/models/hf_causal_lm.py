@@ -1,9 +1,11 @@
 """A Hugging Face causal LM behind the three operations the inferencers need.
 
 - ``score``: log-likelihood of token positions of several sequences that share a prefix. The
-  shared prefix (an item's context, common to all its labels) runs through the model once; the
-  label suffixes then run as a batch on top of its KV cache. Continuation-only log-likelihood and
-  whole-sequence average perplexity are both sums over a chosen range of these positions.
+  shared prefix (an item's context, common to all its labels) runs through the model once: packed
+  with the label suffixes in one row (``packed_scoring``, see ``packed_scoring.py``), or, where the
+  attention implementation takes no custom mask, first alone and then with the suffixes on its KV
+  cache. Continuation-only log-likelihood and whole-sequence average perplexity are both sums over
+  a chosen range of these positions.
 - ``generate``: batched, left-padded, left-truncated generation with stop strings.
 - ``encode``: the tokenisation both of them use (special tokens added, as the model expects).
 
@@ -22,6 +24,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from harness.errors import HarnessError
+from harness.models.packed_scoring import Unit, pack, packing_supported
 from harness.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,7 @@ class HFCausalLM:
         model_kwargs: dict | None = None,
         pad_token_id: int | None = None,
         add_special_tokens: bool = True,
+        packed_scoring: bool = True,
         model=None,
         tokenizer=None,
     ):
@@ -101,6 +105,8 @@ class HFCausalLM:
         self.generation_kwargs = dict(generation_kwargs or {})
         # False reproduces lm-evaluation-harness, which encodes without BOS for most models
         self.add_special_tokens = bool(add_special_tokens)
+        # False: always score on the KV cache (the path for attention without custom 4D masks)
+        self.packed_scoring = bool(packed_scoring)
         self.tokenizer = tokenizer if tokenizer is not None else self._load_tokenizer(
             tokenizer_path or self.path, tokenizer_kwargs or {}
         )
@@ -181,38 +187,76 @@ class HFCausalLM:
         return [ScoreRequest(r.tokens[cut:], max(1, r.score_from - cut)) for r in group]
 
     def _score_batch(self, groups: list[list[ScoreRequest]]) -> list[list[Score]]:
-        # Split each group into (shared prefix, suffixes). Groups that share nothing become singletons.
-        units: list[tuple[list[int], list[ScoreRequest]]] = []
+        # Split each group into units (shared prefix, requests). Groups that share nothing become singletons.
+        units: list[Unit] = []
         owners: list[tuple[int, int]] = []  # (group, request) for each request in unit order
         for g, group in enumerate(groups):
             prefix_len = _shared_prefix_len([r.tokens for r in group])
             if prefix_len >= 1:
-                units.append((group[0].tokens[:prefix_len], group))
+                units.append(Unit(group[0].tokens[:prefix_len], group))
                 owners.extend((g, j) for j in range(len(group)))
             else:
                 for j, request in enumerate(group):
-                    units.append((request.tokens[:-1], [request]))
+                    units.append(Unit(request.tokens[:-1], [request]))
                     owners.append((g, j))
 
-        need_prefix_scores = any(r.score_from < len(prefix) for prefix, requests in units for r in requests)
-        prefix_logprobs, prefix_greedy, last_logits, cache, prefix_mask = self._run_prefixes(
-            [u[0] for u in units], need_prefix_scores
-        )
-        suffix_logprobs, suffix_greedy = self._run_suffixes(units, last_logits, cache, prefix_mask)
+        longest = max(len(r.tokens) for unit in units for r in unit.requests)
+        if self.packed_scoring and packing_supported(self.model.config, longest):
+            logprobs, greedy = self._score_packed(units)
+        else:
+            logprobs, greedy = self._score_on_cache(units)
 
         results: list[list[Score | None]] = [[None] * len(group) for group in groups]
-        k = 0
-        for u, (prefix, requests) in enumerate(units):
-            p = len(prefix)
-            for request in requests:
-                # token logprob at position t (t >= 1): prefix part for t < p, suffix part for t >= p
-                lp = prefix_logprobs[u][: p - 1] + suffix_logprobs[k]
-                gr = prefix_greedy[u][: p - 1] + suffix_greedy[k]
-                start = request.score_from - 1
-                g, j = owners[k]
-                results[g][j] = Score(float(sum(lp[start:])), len(lp) - start, all(gr[start:]))
-                k += 1
+        requests = [request for unit in units for request in unit.requests]
+        for k, request in enumerate(requests):
+            # logprobs[k][t - 1] is the score of token t; positions before score_from are never read
+            start = request.score_from - 1
+            g, j = owners[k]
+            lp, gr = logprobs[k][start:], greedy[k][start:]
+            results[g][j] = Score(float(sum(lp)), len(lp), all(gr))
         return results
+
+    def _score_packed(self, units: list[Unit]) -> tuple[list[list[float]], list[list[bool]]]:
+        """One forward: each unit's prefix and its requests' suffixes in one row (``packed_scoring``)."""
+        batch = pack(units, self.pad_token_id, self.device)
+        mask = batch.attention_mask(self.model.config._attn_implementation, self.model.dtype)
+        out = self.model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                         use_cache=False, logits_to_keep=batch.keep)
+        logits = out.logits.reshape(-1, out.logits.shape[-1]).float()  # (kept positions, vocab)
+        log_norm, best = torch.logsumexp(logits, dim=-1), logits.argmax(-1)
+        requests = [request for unit in units for request in unit.requests]
+        # (kept row, target) of every score that is read; -1 rows are never read and stay placeholders
+        pairs = [(row, target) for reads, request in zip(batch.reads, requests)
+                 for row, target in zip(reads, request.tokens[1:]) if row >= 0]
+        rows = torch.tensor([row for row, _ in pairs], dtype=torch.long, device=logits.device)
+        targets = torch.tensor([target for _, target in pairs], dtype=torch.long, device=logits.device)
+        lp = (logits[rows, targets] - log_norm[rows]).tolist()
+        gr = (best[rows] == targets).tolist()
+        logprobs, greedy, k = [], [], 0
+        for reads in batch.reads:
+            read = sum(1 for row in reads if row >= 0)
+            # the reads of one request are contiguous at its end (every target from the first read on)
+            logprobs.append([0.0] * (len(reads) - read) + lp[k : k + read])
+            greedy.append([True] * (len(reads) - read) + gr[k : k + read])
+            k += read
+        return logprobs, greedy
+
+    def _score_on_cache(self, units: list[Unit]) -> tuple[list[list[float]], list[list[bool]]]:
+        """Prefixes in one forward, then the suffixes on their KV cache (any attention implementation)."""
+        need_prefix_scores = any(r.score_from < len(u.prefix) for u in units for r in u.requests)
+        prefix_logprobs, prefix_greedy, last_logits, cache, prefix_mask = self._run_prefixes(
+            [u.prefix for u in units], need_prefix_scores
+        )
+        suffix_logprobs, suffix_greedy = self._run_suffixes(units, last_logits, cache, prefix_mask)
+        logprobs, greedy, k = [], [], 0
+        for u, unit in enumerate(units):
+            p = len(unit.prefix)
+            for _ in unit.requests:
+                # token t >= 1: prefix part for t < p, suffix part for t >= p
+                logprobs.append(prefix_logprobs[u][: p - 1] + suffix_logprobs[k])
+                greedy.append(prefix_greedy[u][: p - 1] + suffix_greedy[k])
+                k += 1
+        return logprobs, greedy
 
     def _run_prefixes(self, prefixes: list[list[int]], need_prefix_scores: bool):
         """Left-padded forward of the prefixes: per-token logprobs (only when some request scores
@@ -235,11 +279,11 @@ class HFCausalLM:
     def _run_suffixes(self, units, last_logits, cache, prefix_mask):
         """Run every request's suffix on its unit's cached prefix."""
         rows, suffixes, starts = [], [], []
-        for u, (prefix, requests) in enumerate(units):
-            for request in requests:
+        for u, unit in enumerate(units):
+            for request in unit.requests:
                 rows.append(u)
-                suffixes.append(request.tokens[len(prefix) :])
-                starts.append(len(prefix))
+                suffixes.append(request.tokens[len(unit.prefix) :])
+                starts.append(len(unit.prefix))
         index = torch.tensor(rows, device=self.device)
         first_tokens = torch.tensor([s[0] for s in suffixes], device=self.device)
         first_lp, first_greedy = _token_logprobs(last_logits[index], first_tokens)

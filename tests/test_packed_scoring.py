@@ -1,0 +1,75 @@
+"""The packed scoring layout, checked by hand on small cases."""
+from types import SimpleNamespace
+
+import torch
+
+from harness.models.hf_causal_lm import HFCausalLM, ScoreRequest
+from harness.models.packed_scoring import Unit, attention_allowed, pack, packing_supported
+
+
+def test_layout_of_one_context_with_two_continuations():
+    # context [1, 2, 3]; continuations [4, 5] and [6, 7, 8]; scored from the continuation on
+    unit = Unit([1, 2, 3], [ScoreRequest([1, 2, 3, 4, 5], 3), ScoreRequest([1, 2, 3, 6, 7, 8], 3)])
+    batch = pack([unit], pad_token_id=0)
+    # each continuation without its last token: [4] and [6, 7]
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 6, 7]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 3, 4]]
+    # no target inside the context: only its last position's logits, then every continuation token
+    assert batch.keep.tolist() == [[False, False, True, True, True, True]]
+    # kept rows: 0 <- position 2, 1 <- position 3, 2 <- position 4, 3 <- position 5
+    # request 1 targets t = 1..4 (tokens 2, 3, 4, 5): read at positions 0, 1 (unused), 2, 3
+    # request 2 targets t = 1..5 (tokens 2, 3, 6, 7, 8): positions 0, 1 (unused), 2, 4, 5
+    assert batch.reads == [[-1, -1, 0, 1], [-1, -1, 0, 2, 3]]
+    allowed = batch.allowed[0, 0].int().tolist()
+    assert allowed == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0],  # token 4 sees the context and itself
+        [1, 1, 1, 0, 1, 0],  # token 6 does not see token 4
+        [1, 1, 1, 0, 1, 1],
+    ]
+
+
+def test_targets_inside_the_context_keep_its_logits_and_rows_are_right_padded():
+    units = [Unit([1, 2], [ScoreRequest([1, 2, 3], 1)]), Unit([5, 6, 7, 8], [ScoreRequest([5, 6, 7, 8, 9, 10], 4)])]
+    batch = pack(units, pad_token_id=0)
+    assert batch.input_ids.tolist() == [[1, 2, 0, 0, 0], [5, 6, 7, 8, 9]]
+    assert batch.keep.tolist() == [[True, True, False, False, False], [False, False, False, True, True]]
+    assert batch.reads == [[0, 1], [-1, -1, -1, 2, 3]]
+    pad_query = batch.allowed[0, 0, 3].int().tolist()
+    assert pad_query == [0, 0, 0, 1, 0]  # a pad sees only itself
+
+
+def test_segments_to_mask():
+    allowed = attention_allowed(torch.tensor([[0, 1, 2, -1]]))[0, 0].int().tolist()
+    assert allowed == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]]
+
+
+def test_eager_mask_is_additive():
+    batch = pack([Unit([1, 2], [ScoreRequest([1, 2, 3, 4], 2), ScoreRequest([1, 2, 5, 6], 2)])], pad_token_id=0)
+    additive = batch.attention_mask("eager", torch.float32)
+    assert additive.dtype == torch.float32
+    assert torch.equal(additive == 0, batch.allowed)
+    assert batch.attention_mask("sdpa", torch.float32) is batch.allowed
+
+
+def test_packing_needs_a_custom_mask_and_no_short_sliding_window():
+    def config(**fields):
+        return SimpleNamespace(_attn_implementation="sdpa", **fields)
+
+    assert packing_supported(config(), 10_000)
+    assert packing_supported(SimpleNamespace(_attn_implementation="eager"), 100)
+    assert not packing_supported(SimpleNamespace(_attn_implementation="flash_attention_2"), 100)
+    assert packing_supported(config(sliding_window=4096), 4096)
+    assert not packing_supported(config(sliding_window=4096), 4097)
+    assert packing_supported(config(sliding_window=16, use_sliding_window=False), 100)
+
+
+def test_flash_attention_models_fall_back_to_the_kv_cache_path(tiny_mixtral_path, monkeypatch):
+    lm = HFCausalLM(str(tiny_mixtral_path), batch_size=3, max_seq_len=64)
+    calls = []
+    monkeypatch.setattr(lm.model.config, "_attn_implementation", "flash_attention_2")
+    monkeypatch.setattr(lm, "_score_on_cache", lambda units: calls.append(len(units)) or ([[0.0] * 3], [[True] * 3]))
+    lm.score([[ScoreRequest([1, 2, 3, 4], 3)]])
+    assert calls == [1]
