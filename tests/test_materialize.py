@@ -139,3 +139,35 @@ def test_cli_errors_are_one_line_with_exit_status_2(tiny_mixtral_path, shared_di
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_load_compressed_with_a_device_map_gives_the_same_model(tmp_path):
+    original = build_model("mixtral")
+    layers = {i: LayerPlan(merge=one_hot([0, 5]), top_k=1) for i in moe_layers(original)}
+    layers[moe_layers(original)[0]] = LayerPlan(merge=one_hot([1, 2, 6]))  # uneven: a compressed folder
+    plan = plan_for(original, layers)
+    result = materialize(copy.deepcopy(original), plan, tmp_path / "out")
+    assert result.kind == "compressed"
+    expected = logits_of(load_compressed(result.path), IDS)
+    # "auto" without a GPU keeps the CPU; an explicit per-module map goes through accelerate's dispatch
+    assert torch.equal(logits_of(load_compressed(result.path, device_map="auto"), IDS), expected)
+    per_module = {"model.embed_tokens": "cpu", "model.layers": "cpu", "model.norm": "cpu",
+                  "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    dispatched = load_compressed(result.path, device_map=per_module)
+    assert hasattr(dispatched, "hf_device_map") and torch.equal(logits_of(dispatched, IDS), expected)
+
+
+def test_model_wrapper_loads_a_compressed_folder_with_device_map_auto(tmp_path, tiny_mixtral_path):
+    from harness.models.hf_causal_lm import HFCausalLM, ScoreRequest
+
+    original = build_model("mixtral")
+    plan = plan_for(original, {moe_layers(original)[0]: LayerPlan(merge=one_hot([1, 2, 6]))})
+    result = materialize(copy.deepcopy(original), plan, tmp_path / "out")
+    for file in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_mixtral_path / file).is_file():
+            (result.path / file).write_bytes((tiny_mixtral_path / file).read_bytes())
+    lm = HFCausalLM(str(result.path), device_map="auto", max_seq_len=64)
+    [[score]] = lm.score([[ScoreRequest(IDS[0].tolist(), 1)]])
+    logprobs = torch.log_softmax(logits_of(load_compressed(result.path), IDS)[0, :-1].float(), -1)
+    expected = logprobs.gather(-1, IDS[0, 1:, None]).sum().item()
+    assert abs(score.logprob - expected) < 1e-4

@@ -165,8 +165,15 @@ def is_compressed_checkpoint(path) -> bool:
     return (path / STATE_FILE).is_file() and (path / PLAN_FILE).is_file()
 
 
-def load_compressed(path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
-    """Load a folder written by ``materialize`` (either kind) as an eval-mode causal LM."""
+def load_compressed(path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                    device_map: str | dict | None = None):
+    """Load a folder written by ``materialize`` (either kind) as an eval-mode causal LM.
+
+    ``device_map`` ("auto", "balanced", ... or a module -> device dict) spreads the model over the
+    visible GPUs with accelerate, as ``from_pretrained`` would: loaded on CPU first, then dispatched.
+    """
+    if device_map is not None:
+        return dispatch_over_devices(load_compressed(path, dtype=dtype, device="cpu"), device_map)
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
@@ -198,6 +205,23 @@ def load_compressed(path, dtype: torch.dtype | None = None, device: str | torch.
     model.tie_weights()
     _rebuild_meta_buffers(model, device)
     return model.eval()
+
+
+def dispatch_over_devices(model, device_map: str | dict):
+    """Place ``model``'s modules over the visible accelerators; without any, it stays on the CPU."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    if isinstance(device_map, str):
+        if not torch.cuda.is_available():
+            return model
+        no_split = getattr(model, "_no_split_modules", None) or []
+        max_memory = None
+        if device_map != "sequential":
+            max_memory = get_balanced_memory(model, no_split_module_classes=no_split,
+                                             low_zero=device_map == "balanced_low_0")
+        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split)
+    return dispatch_model(model, device_map=device_map)
 
 
 def _is_tied(model, name: str) -> bool:

@@ -39,6 +39,10 @@ _DTYPES = {
 }
 
 
+# device_map values that spread a model over devices (others name one device, e.g. "cuda:0")
+SPREADING_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
 @dataclass
 class ScoreRequest:
     """One sequence to score: token ids, and the first position whose token is scored (>= 1)."""
@@ -141,8 +145,10 @@ class HFCausalLM:
 
         self._check_path(self.path, "--model_path")
         if is_compressed_checkpoint(self.path):  # written by tools/materialize.py with its plan
-            device = device_map if isinstance(device_map, str) and device_map != "auto" else "cpu"
-            return load_compressed(self.path, dtype=dtype if dtype != "auto" else None, device=device)
+            dtype = dtype if dtype != "auto" else None
+            if device_map is None or isinstance(device_map, str) and device_map not in SPREADING_DEVICE_MAPS:
+                return load_compressed(self.path, dtype=dtype, device=device_map or "cpu")
+            return load_compressed(self.path, dtype=dtype, device_map=device_map)
         try:
             return AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, device_map=device_map, **kwargs)
         except (OSError, ValueError) as exc:
