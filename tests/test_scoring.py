@@ -198,3 +198,18 @@ def test_scores_do_not_depend_on_the_batch_size(tiny_mixtral_path, batch_size, p
         for request, score in zip(group, scores):
             expected = direct_logprobs(lm.model, request.tokens)[request.score_from - 1 :]
             assert score.logprob == pytest.approx(sum(expected), abs=1e-5)
+
+
+def test_slow_experts_warning_on_gpu_only_when_experts_do_not_run_as_one_grouped_gemm():
+    from types import SimpleNamespace
+
+    from harness.models.hf_causal_lm import slow_experts_warning
+
+    fused = SimpleNamespace(model_type="mixtral", _experts_implementation="grouped_mm")
+    looped = SimpleNamespace(model_type="mixtral", _experts_implementation="eager")
+    remote = SimpleNamespace(model_type="deepseek", n_routed_experts=64)  # deepseek-moe-16b remote code
+    dense = SimpleNamespace(model_type="llama")
+    assert slow_experts_warning(fused, "cuda") is None and slow_experts_warning(dense, "cuda") is None
+    assert "grouped_mm" in slow_experts_warning(looped, "cuda")
+    assert "trust_remote_code" in slow_experts_warning(remote, "cuda")
+    assert all(slow_experts_warning(c, "cpu") is None for c in (fused, looped, remote))

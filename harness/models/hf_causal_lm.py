@@ -120,6 +120,9 @@ class HFCausalLM:
         if device is not None and device_map is None and model is None:
             self.model.to(device)
         self.model.eval()
+        warning = slow_experts_warning(self.model.config, self.device.type)
+        if warning:
+            log.warning(warning)
         self.pad_token_id = self._pad_token_id(pad_token_id)
         # What a cached prediction depends on; a compression plan adds itself here when applied.
         self.identity = {"path": self.path, "dtype": str(dtype), "max_seq_len": self.max_seq_len,
@@ -413,6 +416,30 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.
     logits = logits.float()
     chosen = logits.gather(-1, targets[..., None]).squeeze(-1)
     return chosen - torch.logsumexp(logits, dim=-1), logits.argmax(-1) == targets
+
+
+def slow_experts_warning(config, device_type: str) -> str | None:
+    """Why a MoE model on a GPU would not run its experts as one grouped GEMM, or None.
+
+    transformers 5 runs fused experts through ``config._experts_implementation`` ("grouped_mm" by
+    default) but falls back to a per-expert loop ("eager") when grouped_mm cannot dispatch, and
+    remote-code models (``trust_remote_code``) loop over expert modules of their own.
+    """
+    from harness.compress.adapters import ADAPTERS
+
+    if device_type != "cuda":
+        return None
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ADAPTERS:
+        if any(hasattr(config, key) for key in ("num_experts", "num_local_experts", "n_routed_experts")):
+            return (f"{model_type} is a MoE architecture transformers does not fuse; its experts run one by one "
+                    "(slow). Drop trust_remote_code to use transformers' own implementation where there is one")
+        return None
+    implementation = getattr(config, "_experts_implementation", None) or "grouped_mm"
+    if implementation != "grouped_mm":
+        return (f"experts run with experts_implementation={implementation!r}, not one grouped GEMM; pass "
+                "model_kwargs=dict(experts_implementation='grouped_mm') (needs torch>=2.9 and an SM80+ GPU)")
+    return None
 
 
 def cut_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
