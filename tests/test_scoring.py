@@ -87,33 +87,33 @@ def test_groups_without_a_shared_prefix_and_one_token_suffixes(scorer):
             assert score.logprob == pytest.approx(sum(direct_logprobs(lm.model, request.tokens)[request.score_from - 1 :]), abs=1e-5)
 
 
-def test_packed_scoring_runs_context_and_continuations_in_one_forward(lm):
-    context = [1] + list(range(10, 40))
-    group = [ScoreRequest(context + [50 + k, 60 + k], len(context)) for k in range(4)]
+SHARED_CONTEXT = [1] + list(range(10, 40))
+FOUR_LABELS = [ScoreRequest(SHARED_CONTEXT + [50 + k, 60 + k], len(SHARED_CONTEXT)) for k in range(4)]
+
+
+def forward_sizes(lm, groups) -> list[int]:
+    """input_ids.numel() of every model forward while ``lm`` scores ``groups``."""
     seen = []
     hook = lm.model.model.embed_tokens.register_forward_hook(lambda m, i, o: seen.append(int(i[0].numel())))
     try:
-        lm.score([group])
+        lm.score(groups)
     finally:
         hook.remove()
+    return seen
+
+
+def test_packed_scoring_runs_context_and_continuations_in_one_forward(lm):
     # one row: the 31-token context, then each continuation without its last token (1 token each)
-    assert seen == [len(context) + 4]
+    assert forward_sizes(lm, [FOUR_LABELS]) == [len(SHARED_CONTEXT) + 4]
 
 
 def test_kv_cache_path_runs_the_shared_context_once(tiny_mixtral_path):
     lm = HFCausalLM(str(tiny_mixtral_path), batch_size=3, max_seq_len=64, packed_scoring=False)
-    context = [1] + list(range(10, 40))
-    group = [ScoreRequest(context + [50 + k, 60 + k], len(context)) for k in range(4)]
-    seen = []
-    hook = lm.model.model.embed_tokens.register_forward_hook(lambda m, i, o: seen.append(int(i[0].numel())))
-    try:
-        lm.score([group])
-    finally:
-        hook.remove()
+    seen = forward_sizes(lm, [FOUR_LABELS])
     # one pass over the 31-token context, then the 4 continuations (last token never needs a forward),
     # in chunks of at most batch_size rows
-    assert seen[0] == len(context) and sum(seen[1:]) == 4 * 1 and len(seen) == 1 + -(-4 // lm.batch_size)
-    assert sum(seen) < sum(len(r.tokens) for r in group) / 3
+    assert seen[0] == len(SHARED_CONTEXT) and sum(seen[1:]) == 4 * 1 and len(seen) == 1 + -(-4 // lm.batch_size)
+    assert sum(seen) < sum(len(r.tokens) for r in FOUR_LABELS) / 3
 
 
 def test_left_truncation_keeps_the_end(scorer):
