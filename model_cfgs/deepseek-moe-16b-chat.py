@@ -4,6 +4,9 @@
 # 'Assistant:' with no trailing space. A meta template has one begin per role, so earlier
 # assistant turns (multi-round few-shot) read 'Assistant:{answer}' here, without the space the
 # official template puts there; single-turn prompts match it exactly.
+# Checked against the chat format in deepseek-ai/DeepSeek-MoE README.md ("User: ...\n\nAssistant: ...
+# <｜end▁of▁sentence｜>User: ...\n\nAssistant:", BOS added by the tokenizer) and the DeepSeek
+# 'User:/Assistant:' Jinja template. No system turn: DeepSeek advises against a system prompt here.
 models = [
     dict(
         type='HFCausalLM',

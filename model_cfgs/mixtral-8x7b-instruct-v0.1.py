@@ -1,7 +1,10 @@
 # Mixtral-8x7B-Instruct-v0.1 for general use: bfloat16, spread over all GPUs, the EEP protocol's
 # chat meta template ('<s>[INST]...[/INST]', no spaces; see mixtral_instruct_eep.py).
-# Mistral's own chat format puts spaces around the instruction ('<s>[INST] ... [/INST]'); the
-# protocol's spacing is kept so that results compare with the paper's.
+# Mistral's own chat format (tokenizer_config chat_template) is the tokenizer's BOS, then
+# '[INST] ' + prompt + ' [/INST]' (spaces inside), answers ending '</s>'. This file keeps the
+# protocol's template instead, so that results compare with the paper's (docs/PROTOCOL.md relies on
+# it): no spaces, and since `begin` writes '<s>' and the tokenizer adds its own BOS, every prompt
+# starts with two BOS tokens, as in the protocol. Not the model's native format.
 from mmengine.config import read_base
 
 with read_base():

@@ -1,6 +1,8 @@
 # OLMoE-1B-7B-0924-Instruct, Tulu chat format: '<|endoftext|>' opens the conversation, a user
 # turn is '<|user|>\n{content}\n', an assistant turn '<|assistant|>\n{content}<|endoftext|>\n', and
-# the generation prompt is '<|assistant|>\n'. The tokenizer adds no BOS of its own.
+# the generation prompt is '<|assistant|>\n'. The tokenizer adds no BOS of its own (GPT-NeoX tokenizer,
+# add_bos_token false), so the template's '{{ bos_token }}' is written here as `begin`. This is the
+# open-instruct Tulu template with the BOS prepended (the model was tuned with open-instruct --add_bos).
 models = [
     dict(
         type='HFCausalLM',

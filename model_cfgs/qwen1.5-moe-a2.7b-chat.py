@@ -1,6 +1,9 @@
 # Qwen1.5-MoE-A2.7B-Chat, ChatML. Its chat template adds the default system turn
 # 'You are a helpful assistant.' when none is given; it is kept here so prompts match what
-# tokenizer.apply_chat_template(..., add_generation_prompt=True) produces.
+# tokenizer.apply_chat_template(..., add_generation_prompt=True) produces. The first Qwen1.5 chat
+# checkpoints wrote the default turn without the final '.'; later Qwen1.5 tokenizer configs (and
+# Qwen2's) have 'You are a helpful assistant.' with it, which is what this file uses (the MoE
+# checkpoint's own tokenizer_config.json could not be read here; re-check it when the hub is reachable).
 models = [
     dict(
         type='HFCausalLM',

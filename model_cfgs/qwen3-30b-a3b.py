@@ -3,6 +3,8 @@
 # answers directly. No default system turn. One difference from the official template: earlier
 # assistant turns (multi-round few-shot) also get the empty think block here, where the official
 # template drops it from the history; single-turn prompts match it exactly.
+# Checked against the Qwen3 tokenizer_config chat_template (no default system turn; with
+# enable_thinking=False the generation prompt is '<|im_start|>assistant\n<think>\n\n</think>\n\n').
 models = [
     dict(
         type='HFCausalLM',

@@ -32,13 +32,14 @@ DEEPSEEK_CHAT = (
     "{{ 'Assistant: ' + message['content'] + eos_token }}{% elif message['role'] == 'system' %}"
     "{{ message['content'] + '\n\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
+# OLMoE-0924-Instruct: open-instruct's Tulu template with the BOS prepended. Its line breaks sit
+# outside the expressions, so the separators come from the newline after each {{ ... }}; the
+# rendering below uses transformers' Jinja settings (trim_blocks, lstrip_blocks) for that reason.
 TULU = (
-    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'system' %}"
-    "{{ '<|system|>\n' + message['content'] + '\n' }}{% elif message['role'] == 'user' %}"
-    "{{ '<|user|>\n' + message['content'] + '\n' }}{% elif message['role'] == 'assistant' %}"
-    "{% if not loop.last %}{{ '<|assistant|>\n' + message['content'] + eos_token + '\n' }}"
-    "{% else %}{{ '<|assistant|>\n' + message['content'] + eos_token }}{% endif %}{% endif %}"
-    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}{% endfor %}"
+    "{{ bos_token }}{% for message in messages %}\n{% if message['role'] == 'user' %}\n"
+    "{{ '<|user|>\n' + message['content'] }}\n{% elif message['role'] == 'assistant' %}\n"
+    "{{ '<|assistant|>\n' + message['content'] + eos_token }}\n{% endif %}\n"
+    "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
 )
 # file -> (chat template, special tokens the tokenizer does NOT add itself, template variables)
 CHAT_MODELS = {
@@ -57,7 +58,8 @@ def models_of(name: str) -> list[dict]:
 
 def jinja_render(template: str, messages: list[dict], tokens: dict, variables: dict) -> str:
     jinja2 = pytest.importorskip("jinja2")
-    return jinja2.Environment().from_string(template).render(
+    # transformers' apply_chat_template renders with trim_blocks and lstrip_blocks
+    return jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(template).render(
         messages=messages, add_generation_prompt=True, **tokens, **variables)
 
 
