@@ -1,8 +1,7 @@
 # Qwen3-30B-A3B (hybrid thinking model), ChatML in its non-thinking form: the prompt ends with an
 # empty think block, as apply_chat_template(..., enable_thinking=False) writes it, so the model
-# answers directly. No default system turn. One difference from the official template: earlier
-# assistant turns (multi-round few-shot) also get the empty think block here, where the official
-# template drops it from the history; single-turn prompts match it exactly.
+# answers directly. No default system turn. Earlier assistant turns (multi-round few-shot) carry no
+# think block, as in the official template: `generate_begin` opens only the answer being produced.
 # Checked against the Qwen3 tokenizer_config chat_template (no default system turn; with
 # enable_thinking=False the generation prompt is '<|im_start|>assistant\n<think>\n\n</think>\n\n').
 models = [
@@ -18,8 +17,8 @@ models = [
         meta_template=dict(
             round=[
                 dict(role='HUMAN', begin='<|im_start|>user\n', end='<|im_end|>\n'),
-                dict(role='BOT', begin='<|im_start|>assistant\n<think>\n\n</think>\n\n', end='<|im_end|>\n',
-                     generate=True),
+                dict(role='BOT', begin='<|im_start|>assistant\n', end='<|im_end|>\n', generate=True,
+                     generate_begin='<|im_start|>assistant\n<think>\n\n</think>\n\n'),
             ],
         ),
         stop_strings=['<|im_end|>', '<|endoftext|>'],

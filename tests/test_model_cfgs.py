@@ -20,6 +20,7 @@ QWEN15_CHAT = (
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# Qwen3: assistant turns of the history carry no think block; the generation prompt does.
 QWEN3_NO_THINKING = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
@@ -85,7 +86,7 @@ def test_single_turn_prompt_matches_the_official_chat_template(name):
     assert ours == jinja_render(template, [{"role": "user", "content": PROMPT}], tokens, variables)
 
 
-@pytest.mark.parametrize("name", ["qwen1.5-moe-a2.7b-chat.py", "olmoe-1b-7b-0924-instruct.py"])
+@pytest.mark.parametrize("name", ["qwen1.5-moe-a2.7b-chat.py", "olmoe-1b-7b-0924-instruct.py", "qwen3-30b-a3b.py"])
 def test_few_shot_rounds_match_the_official_chat_template(name):
     template, tokens, variables = CHAT_MODELS[name]
     meta = models_of(name)[0]["meta_template"]

@@ -110,3 +110,15 @@ def test_per_label_templates_know_their_labels():
     template = PromptTemplate({"A": "{q} yes", "B": "{q} no"})
     assert template.labels == ["A", "B"]
     assert template.render({"q": "sky blue?"}, label="B") == "sky blue? no"
+
+
+def test_generate_begin_opens_only_the_answer_being_produced():
+    meta = dict(round=[dict(role="HUMAN", begin="<u>", end="|"),
+                       dict(role="BOT", begin="<a>", end="|", generate=True, generate_begin="<a><t/>")])
+    shots = [dict(role="HUMAN", prompt="q1"), dict(role="BOT", prompt="a1"),
+             dict(role="HUMAN", prompt="q2"), dict(role="BOT", prompt="a2")]
+    # the history's answer keeps `begin`; the last round's answer opens with `generate_begin`
+    assert render(shots, meta, "gen") == "<u>q1|<a>a1|<u>q2|<a><t/>"
+    assert render(shots, meta, "ppl") == "<u>q1|<a>a1|<u>q2|<a><t/>a2|"
+    # so a PPL prompt still starts with its generation prompt (the context / continuation split)
+    assert render(shots, meta, "ppl").startswith(render(shots, meta, "gen"))

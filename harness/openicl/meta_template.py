@@ -6,6 +6,9 @@ Semantics follow OpenCompass's ``LMTemplateParser`` (the EEP protocol depends on
   the meta template's round is rendered in each round (with an empty prompt where absent);
 - in generation mode the last round stops at the role marked ``generate=True``: only that role's
   ``begin`` is emitted and its prompt is dropped; in PPL mode everything is rendered;
+- an extension: that role may carry ``generate_begin``, which opens its turn in the last round (in
+  both modes) instead of ``begin``, for chat formats whose answer being produced starts differently
+  from earlier answers (Qwen3 without thinking: an empty think block, absent from the history);
 - the meta template's ``begin`` is prepended once and its ``end`` appended (PPL mode, or when the
   generation role was never reached).
 Without a meta template, turns' prompts are joined with newlines (OpenCompass's default parser).
@@ -57,6 +60,8 @@ def render(filled, meta_template: dict | None, mode: str = "gen") -> str:
         generating = mode == "gen" and i == len(rounds) - 1
         # Every role of the meta template's round is rendered, with an empty prompt if absent.
         for role_cfg in round_roles:
+            if i == len(rounds) - 1 and role_cfg.get("generate", False) and "generate_begin" in role_cfg:
+                role_cfg = {**role_cfg, "begin": role_cfg["generate_begin"]}
             if generating and role_cfg.get("generate", False):
                 return text + role_cfg.get("begin", "")
             text += _render_turn(role_cfg, prompts.get(role_cfg["role"], ""))
@@ -77,11 +82,3 @@ def _with_known_role(turn: dict, role_order: list[str]) -> dict:
         f"role {turn['role']!r} is not in the model's meta template (roles: {role_order}); "
         "use one of those roles or give the turn a fallback_role"
     )
-
-
-def generation_role_begin(meta_template: dict | None) -> str:
-    """The text that opens the generating role's turn (e.g. '' for Mixtral's BOT)."""
-    for role_cfg in (meta_template or {}).get("round", []):
-        if role_cfg.get("generate", False):
-            return role_cfg.get("begin", "")
-    return ""
