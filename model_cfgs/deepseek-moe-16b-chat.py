@@ -1,9 +1,9 @@
 # DeepSeek-MoE-16B chat. Its chat template (tokenizer_config.json) renders a user turn as
 # 'User: {content}\n\n' and an assistant turn as 'Assistant: {content}<｜end▁of▁sentence｜>',
 # after a BOS '<｜begin▁of▁sentence｜>' that the tokenizer adds itself; the generation prompt is
-# 'Assistant:' with no trailing space. A meta template has one begin per role, so earlier
-# assistant turns (multi-round few-shot) read 'Assistant:{answer}' here, without the space the
-# official template puts there; single-turn prompts match it exactly.
+# 'Assistant:' with no trailing space. Earlier assistant turns (multi-round few-shot) keep the space
+# ('Assistant: {answer}'); `generate_begin` opens the answer being produced ('Assistant:', and in
+# PPL mode 'Assistant:' + the label text, as before).
 # Checked against the chat format in deepseek-ai/DeepSeek-MoE README.md ("User: ...\n\nAssistant: ...
 # <｜end▁of▁sentence｜>User: ...\n\nAssistant:", BOS added by the tokenizer) and the DeepSeek
 # 'User:/Assistant:' Jinja template. No system turn: DeepSeek advises against a system prompt here.
@@ -20,7 +20,8 @@ models = [
         meta_template=dict(
             round=[
                 dict(role='HUMAN', begin='User: ', end='\n\n'),
-                dict(role='BOT', begin='Assistant:', end='<｜end▁of▁sentence｜>', generate=True),
+                dict(role='BOT', begin='Assistant: ', end='<｜end▁of▁sentence｜>', generate=True,
+                     generate_begin='Assistant:'),
             ],
         ),
         stop_strings=['<｜end▁of▁sentence｜>', '\n\nUser:'],

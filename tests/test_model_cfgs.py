@@ -86,7 +86,7 @@ def test_single_turn_prompt_matches_the_official_chat_template(name):
     assert ours == jinja_render(template, [{"role": "user", "content": PROMPT}], tokens, variables)
 
 
-@pytest.mark.parametrize("name", ["qwen1.5-moe-a2.7b-chat.py", "olmoe-1b-7b-0924-instruct.py", "qwen3-30b-a3b.py"])
+@pytest.mark.parametrize("name", sorted(CHAT_MODELS))
 def test_few_shot_rounds_match_the_official_chat_template(name):
     template, tokens, variables = CHAT_MODELS[name]
     meta = models_of(name)[0]["meta_template"]
