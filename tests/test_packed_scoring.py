@@ -1,10 +1,12 @@
 """The packed scoring layout, checked by hand on small cases."""
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from harness.models.hf_causal_lm import HFCausalLM, ScoreRequest
 from harness.models.packed_scoring import Unit, attention_allowed, pack, packing_supported
+from tests.test_apply import ARCHS, build_model
 
 
 def test_layout_of_one_context_with_two_continuations():
@@ -73,3 +75,27 @@ def test_flash_attention_models_fall_back_to_the_kv_cache_path(tiny_mixtral_path
     monkeypatch.setattr(lm, "_score_on_cache", lambda units: calls.append(len(units)) or ([[0.0] * 3], [[True] * 3]))
     lm.score([[ScoreRequest([1, 2, 3, 4], 3)]])
     assert calls == [1]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_scores_equal_separate_sequences_for_every_moe_family(arch, attention, tiny_mixtral_path):
+    """Custom 4D masks, restarted positions and boolean logits_to_keep work in each family's modeling."""
+    from transformers import AutoTokenizer
+
+    model = build_model(arch)
+    model.config._attn_implementation = attention
+    assert packing_supported(model.config, 16)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_mixtral_path)
+    packed = HFCausalLM(arch, model=model, tokenizer=tokenizer, batch_size=4, max_seq_len=64, pad_token_id=3)
+    on_cache = HFCausalLM(arch, model=model, tokenizer=tokenizer, batch_size=4, max_seq_len=64, pad_token_id=3,
+                          packed_scoring=False)
+    groups = [[ScoreRequest([1, 9, 8, 7] + tail, 4) for tail in ([20, 21, 22], [30], [40, 41])],
+              [ScoreRequest([1, 5, 6, 50, 51], 1), ScoreRequest([1, 5, 6, 60], 1)]]
+    for scorer in (packed, on_cache):
+        for group, scores in zip(groups, scorer.score(groups)):
+            for request, score in zip(group, scores):
+                with torch.no_grad():
+                    logits = model(torch.tensor([request.tokens])).logits[0].float()
+                logprobs = torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(request.tokens[1:])[:, None])
+                assert score.logprob == pytest.approx(logprobs[request.score_from - 1 :].sum().item(), abs=1e-5)
