@@ -103,12 +103,10 @@ def pack(units: list[Unit], pad_token_id: int, device=None) -> PackedBatch:
         segment[i, :n] = torch.tensor(seg)
         keep[i, :n] = torch.tensor(need)
 
-    # kept logits come back flattened in row-major order: row index -> kept index
-    kept_index = keep.flatten().cumsum(0).view(shape) - 1
-    flat_reads = []
-    for i, unit_reads in enumerate(reads):
-        for request_reads in unit_reads:
-            flat_reads.append([int(kept_index[i, r]) if keep[i, r] else -1 for r in request_reads])
+    # kept logits come back flattened in row-major order: row index -> kept index (-1: not kept)
+    kept_index = (keep.flatten().cumsum(0).view(shape) - 1).masked_fill(~keep, -1).tolist()
+    flat_reads = [[kept_index[i][r] for r in request_reads]
+                  for i, unit_reads in enumerate(reads) for request_reads in unit_reads]
 
     allowed = attention_allowed(segment)
     return PackedBatch(input_ids.to(device), position_ids.to(device), allowed.to(device), keep.to(device), flat_reads)
