@@ -42,10 +42,7 @@ from harness.compress.apply import apply_plan  # noqa: E402
 from harness.compress.formats import load_plan  # noqa: E402
 from harness.compress.plan import CompressionPlan, LayerPlan  # noqa: E402
 
-# Mixtral-8x7B-v0.1's published config.json, but for the depth (``--layers``).
-MIXTRAL_SHAPE = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-                     num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2,
-                     max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-5)
+SHAPE = "Mixtral-8x7B"  # common.REAL_SHAPES, but for the depth (``--layers``)
 EEP_PLAN = common.REPO.parent / "shared" / "eep" / "searched_coeff" / "boolq_budget_4.pth"
 TARGET_EXPERT_SHARE = 0.55
 
@@ -58,20 +55,12 @@ class Variant:
 
 def mixtral_shape_model(layers: int, device: torch.device, dtype: torch.dtype, seed: int = 0):
     """A random-weight Mixtral-8x7B-shape causal LM with ``layers`` decoder layers, built on ``device``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model("mixtral", num_hidden_layers=layers, **MIXTRAL_SHAPE)
-    if device.type == "cuda":
-        config._experts_implementation = "grouped_mm"
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model.eval()
+    return common.real_shape_moe(SHAPE, device, dtype, seed, num_hidden_layers=layers)
 
 
 def budget_plan(layers: int, budget: int = 4, seed: int = 0) -> tuple[CompressionPlan, str]:
     """The EEP BoolQ budget-4 plan cut to ``layers`` layers, or a seeded random pruning plan."""
-    num_experts = MIXTRAL_SHAPE["num_local_experts"]
+    num_experts = common.REAL_SHAPES[SHAPE]["num_local_experts"]
     if budget == 4 and EEP_PLAN.is_file():
         full = load_plan(EEP_PLAN, num_layers=32, num_experts=num_experts)
         plan = CompressionPlan(num_layers=layers, num_experts=num_experts,
@@ -84,7 +73,7 @@ def budget_plan(layers: int, budget: int = 4, seed: int = 0) -> tuple[Compressio
 
 def with_top_k(plan: CompressionPlan | None, layers: int, top_k: int) -> CompressionPlan:
     """``plan`` (or the identity) with every layer routing each token to ``top_k`` experts."""
-    num_experts = MIXTRAL_SHAPE["num_local_experts"]
+    num_experts = common.REAL_SHAPES[SHAPE]["num_local_experts"]
     base = plan or CompressionPlan.identity(layers, num_experts)
     return CompressionPlan(num_layers=layers, num_experts=num_experts,
                            layers={i: replace(base.layer(i), top_k=top_k) for i in range(layers)})
@@ -196,20 +185,12 @@ def report(results: dict[str, dict], device, dtype, args, plan_source: str) -> l
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    common.add_common_args(parser, num_items=None, batch_size=1)
     parser.add_argument("--layers", type=int, default=None, help="decoder layers (default: 2 on CPU, 8 on GPU)")
-    parser.add_argument("--batch_size", type=int, default=1, help="sequences decoded together")
     parser.add_argument("--prompt_len", type=int, default=32, help="prompt tokens before decoding")
     parser.add_argument("--new_tokens", type=int, default=32, help="greedy decode steps timed")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (the median is reported)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", default=None, help="also write the tables as markdown to this file")
     args = parser.parse_args(argv)
-    common.offline()
-    torch.set_num_threads(args.threads)
-    device = common.pick_device(args.device)
-    dtype = common.pick_dtype(args.dtype, device)
+    device, dtype = common.start_run(args)
     if args.layers is None:
         args.layers = 8 if device.type == "cuda" else 2
 

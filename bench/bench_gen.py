@@ -76,10 +76,7 @@ def main(argv=None) -> int:
     common.add_common_args(parser, num_items=24, batch_size=8)
     parser.add_argument("--max_out_len", type=int, default=64, help="new tokens per item")
     args = parser.parse_args(argv)
-    common.offline()
-    torch.set_num_threads(args.threads)
-    device = common.pick_device(args.device)
-    dtype = common.pick_dtype(args.dtype, device)
+    device, dtype = common.start_run(args)
 
     model, tokenizer = common.load_smollm2(device, dtype)
     lm = HFCausalLM("SmolLM2-135M-Instruct", model=model, tokenizer=tokenizer, batch_size=args.batch_size,

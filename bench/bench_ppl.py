@@ -205,10 +205,7 @@ def main(argv=None) -> int:
     parser.add_argument("--boolq_items", type=int, default=12, help="BoolQ items (long passages: fewer by default)")
     parser.add_argument("--no_lm_eval", action="store_true", help="skip lm-eval's backend")
     args = parser.parse_args(argv)
-    common.offline()
-    torch.set_num_threads(args.threads)
-    device = common.pick_device(args.device)
-    dtype = common.pick_dtype(args.dtype, device)
+    device, dtype = common.start_run(args)
 
     model, tokenizer = common.load_smollm2(device, dtype)
     lm = HFCausalLM("SmolLM2-135M-Instruct", model=model, tokenizer=tokenizer, batch_size=args.batch_size,

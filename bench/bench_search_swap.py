@@ -36,19 +36,6 @@ TOY_MOE = common.REPO / "models" / "toy-moe"
 TOY_DATA = common.REPO / "data" / "toy"
 TOY_ALPHABET = sorted(set("0123456789 :=\n")) + list("abcdefghijklmnopqrstuvwxyz")
 
-# Real shapes (from the models' published config.json files); the weights are random.
-REAL_SHAPES = {
-    "OLMoE-1B-7B": dict(model_type="olmoe", vocab_size=50304, hidden_size=2048, intermediate_size=1024,
-                        num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=16, num_experts=64,
-                        num_experts_per_tok=8, norm_topk_prob=False, max_position_embeddings=4096),
-    "Qwen1.5-MoE-A2.7B": dict(model_type="qwen2_moe", vocab_size=151936, hidden_size=2048, intermediate_size=5632,
-                              moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
-                              num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16, num_experts=60,
-                              num_experts_per_tok=4, norm_topk_prob=False, decoder_sparse_step=1,
-                              max_position_embeddings=8192),
-}
-
-
 @dataclass
 class Subject:
     """A loaded MoE behind ``HFCausalLM`` and the task it is evaluated on."""
@@ -83,19 +70,6 @@ def random_mixtral(vocab_size: int, seed: int = 0, **shape):
                                   **dims)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-
-
-def real_shape_moe(name: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """A random-weight MoE with a real model's shape, built directly on ``device`` in ``dtype``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    fields = dict(REAL_SHAPES[name])
-    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-    config._experts_implementation = "grouped_mm"
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model.eval()
 
 
 # ----------------------------------------------------------------------------------- tasks
@@ -144,7 +118,7 @@ def gpu_subjects(names: list[str], num_items: int, batch_size: int, device, dtyp
     task = boolq_task(num_items)
     subjects = []
     for name in names:
-        model = real_shape_moe(name, device, dtype)
+        model = common.real_shape_moe(name, device, dtype)
         lm = HFCausalLM(name, model=model, tokenizer=tokenizer, batch_size=batch_size, max_seq_len=2048,
                         add_special_tokens=False)
         subjects.append(Subject(f"{name} shape, random weights", lm, task))
@@ -203,13 +177,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(parser, num_items=100, batch_size=16)
     parser.add_argument("--keep", type=int, default=None, help="experts kept per layer (default: half)")
-    parser.add_argument("--models", default=",".join(REAL_SHAPES),
-                        help=f"GPU: real shapes to build, comma-separated from {list(REAL_SHAPES)}")
+    parser.add_argument("--models", default="OLMoE-1B-7B,Qwen1.5-MoE-A2.7B",
+                        help=f"GPU: real shapes to build, comma-separated from {list(common.REAL_SHAPES)}")
     args = parser.parse_args(argv)
-    common.offline()
-    torch.set_num_threads(args.threads)
-    device = common.pick_device(args.device)
-    dtype = common.pick_dtype(args.dtype, device)
+    device, dtype = common.start_run(args)
 
     if device.type == "cuda":
         subjects = gpu_subjects([m for m in args.models.split(",") if m], args.num_items, args.batch_size, device, dtype)

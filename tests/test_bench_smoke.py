@@ -91,13 +91,13 @@ def test_swap_measurement_restores_the_model():
     assert torch.equal(model(ids).logits, before)
 
 
-TINY_MIXTRAL_SHAPE = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+TINY_MIXTRAL_SHAPE = dict(model_type="mixtral", vocab_size=64, hidden_size=32, intermediate_size=48, num_attention_heads=4,
                           num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2,
                           max_position_embeddings=128, rope_theta=1e4, rms_norm_eps=1e-5)
 
 
 def test_footprint_variants_hold_the_expected_expert_bytes(monkeypatch):
-    monkeypatch.setattr(bench_expert_footprint, "MIXTRAL_SHAPE", TINY_MIXTRAL_SHAPE)
+    monkeypatch.setitem(common.REAL_SHAPES, bench_expert_footprint.SHAPE, TINY_MIXTRAL_SHAPE)
     monkeypatch.setattr(bench_expert_footprint, "EEP_PLAN", common.REPO / "no-such-plan.pth")  # the random plan
     args = argparse.Namespace(layers=2, batch_size=2, prompt_len=5, new_tokens=3, repeats=1)
     cpu = torch.device("cpu")
@@ -119,7 +119,7 @@ def test_footprint_top1_variant_routes_each_token_to_one_expert(monkeypatch):
     from harness.compress.adapters import adapter_for, decoder_layers, moe_block
     from harness.compress.apply import apply_plan
 
-    monkeypatch.setattr(bench_expert_footprint, "MIXTRAL_SHAPE", TINY_MIXTRAL_SHAPE)
+    monkeypatch.setitem(common.REAL_SHAPES, bench_expert_footprint.SHAPE, TINY_MIXTRAL_SHAPE)
     model = bench_expert_footprint.mixtral_shape_model(2, torch.device("cpu"), torch.float32)
     apply_plan(model, bench_expert_footprint.with_top_k(None, 2, 1))
     adapter = adapter_for(model)
