@@ -39,7 +39,6 @@ Search runners swap plans without reloading: ``snap = snapshot_experts(model)`` 
 from __future__ import annotations
 
 import copy
-import math
 import types
 from dataclasses import dataclass, field
 
@@ -48,41 +47,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.compress.adapters import MoEAdapter, adapter_for, decoder_layers, moe_block
-from harness.compress.plan import LAYER_MODES, CompressionPlan, LayerPlan
+from harness.compress.plan import CompressionPlan, LayerPlan, is_one_hot
 from harness.errors import HarnessError
 
 # ----------------------------------------------------------------------------------------------
 # Validation: everything is checked before the first weight changes.
-
-
-def _is_one_hot(matrix: torch.Tensor) -> bool:
-    """Each row has exactly one non-zero entry and it is 1.0 (pure pruning)."""
-    return bool(((matrix != 0).sum(dim=1) == 1).all() and (matrix.sum(dim=1) == 1).all())
-
-
-def _check_matrix(name: str, layer: int, value, num_experts: int) -> None:
-    if not isinstance(value, torch.Tensor) or value.dim() != 2:
-        raise HarnessError(f"plan layer {layer}: {name} must be a 2-D (B, {num_experts}) tensor, got {_shape(value)}")
-    if value.shape[1] != num_experts or value.shape[0] < 1:
-        raise HarnessError(
-            f"plan layer {layer}: {name} has shape {tuple(value.shape)} but the model has {num_experts} experts "
-            f"per layer; expected (B, {num_experts}) with B >= 1"
-        )
-    if not torch.isfinite(value).all():
-        raise HarnessError(f"plan layer {layer}: {name} contains NaN or inf; fix the plan file")
-
-
-def _shape(value) -> str:
-    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-def slot_count(layer_plan: LayerPlan, num_experts: int) -> int:
-    """B_l: the number of experts the layer keeps."""
-    if layer_plan.merge is not None:
-        return int(layer_plan.merge.shape[0])
-    if layer_plan.router is not None:
-        return int(layer_plan.router.shape[0])
-    return num_experts
 
 
 def validate_plan_for_model(model, plan: CompressionPlan) -> MoEAdapter:
@@ -101,59 +70,18 @@ def validate_plan_for_model(model, plan: CompressionPlan) -> MoEAdapter:
         raise HarnessError(f"plan is for {plan.num_experts} experts per layer but the model has {num_experts}")
     if plan.hidden_size is not None and plan.hidden_size != config.hidden_size:
         raise HarnessError(f"plan is for hidden size {plan.hidden_size} but the model has {config.hidden_size}")
-    if callable(getattr(plan, "validate", None)):  # the plan's own consistency checks (plan.py)
-        plan.validate(num_layers=len(layers), num_experts=num_experts, hidden_size=config.hidden_size)
-    for index in plan.skip_blocks:
-        if not isinstance(index, int) or not 0 <= index < len(layers):
-            raise HarnessError(f"plan skip_blocks entry {index!r} is not a decoder layer index in [0, {len(layers)})")
+    # the plan's own checks: layer and skip_blocks indices, matrices, modes, top_k, skip threshold
+    plan.validate(num_layers=len(layers), num_experts=num_experts, hidden_size=config.hidden_size)
+    model_top_k = int(getattr(config, adapter.top_k_key))
     for index, layer_plan in sorted(plan.layers.items()):
-        if not isinstance(index, int) or not 0 <= index < len(layers):
-            raise HarnessError(f"plan layer {index!r} is not a decoder layer index in [0, {len(layers)})")
         if moe_block(adapter, layers[index]) is None:
             raise HarnessError(f"plan layer {index}: decoder layer {index} of this model is dense (no experts); remove it from the plan")
-        _validate_layer(index, layer_plan, num_experts, int(getattr(config, adapter.top_k_key)))
-    return adapter
-
-
-def _validate_layer(index: int, lp: LayerPlan, num_experts: int, model_top_k: int) -> None:
-    if lp.mode not in LAYER_MODES:
-        raise HarnessError(f"plan layer {index}: mode {lp.mode!r} is not one of {', '.join(LAYER_MODES)}")
-    if lp.mode == "dropped":
-        return
-    if lp.merge is not None:
-        _check_matrix("merge", index, lp.merge, num_experts)
-    if lp.router is not None:
-        _check_matrix("router", index, lp.router, num_experts)
-    slots = slot_count(lp, num_experts)
-    if lp.router is not None and lp.router.shape[0] != slots:
-        raise HarnessError(
-            f"plan layer {index}: router has {lp.router.shape[0]} rows but the layer keeps {slots} experts"
-        )
-    if lp.mode == "condensed":
-        weights = lp.condensed_weights
-        if not isinstance(weights, torch.Tensor) or tuple(weights.shape) != (slots,):
+        slots = layer_plan.budget(num_experts)
+        if layer_plan.mode == "routed" and layer_plan.top_k is None and model_top_k > slots:
             raise HarnessError(
-                f"plan layer {index}: condensed mode needs condensed_weights of shape ({slots},), got {_shape(weights)}"
+                f"plan layer {index}: keeps {slots} experts but the model routes to {model_top_k}; set top_k <= {slots}"
             )
-        if not torch.isfinite(weights).all():
-            raise HarnessError(f"plan layer {index}: condensed_weights contains NaN or inf")
-        return
-    if lp.condensed_weights is not None:
-        raise HarnessError(f"plan layer {index}: condensed_weights is set but mode is {lp.mode!r}; set mode='condensed'")
-    if lp.router is None and lp.merge is not None and not _is_one_hot(lp.merge):
-        raise HarnessError(
-            f"plan layer {index}: merge rows are not one-hot (merging) but router is None; give a router mapping"
-        )
-    if lp.top_k is not None and (isinstance(lp.top_k, bool) or not isinstance(lp.top_k, int) or not 1 <= lp.top_k <= slots):
-        raise HarnessError(f"plan layer {index}: top_k {lp.top_k!r} must be an int in [1, {slots}]")
-    if lp.top_k is None and model_top_k > slots:
-        raise HarnessError(
-            f"plan layer {index}: keeps {slots} experts but the model routes to {model_top_k}; set top_k <= {slots}"
-        )
-    if lp.skip_threshold is not None:
-        beta = lp.skip_threshold
-        if not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
-            raise HarnessError(f"plan layer {index}: skip_threshold {beta!r} must be a finite number >= 0")
+    return adapter
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,7 +95,7 @@ def merge_expert_tensor(weight: torch.Tensor, merge: torch.Tensor) -> torch.Tens
     is one fp32 expert, not a fp32 copy of all E.
     """
     merge = merge.detach().to("cpu", torch.float32)
-    if _is_one_hot(merge):
+    if is_one_hot(merge):
         kept = merge.argmax(dim=1).to(weight.device)
         return weight.detach().index_select(0, kept)
     out = torch.empty((merge.shape[0], *weight.shape[1:]), dtype=weight.dtype, device=weight.device)
@@ -364,7 +292,7 @@ def _kept_experts(adapter: MoEAdapter, config, lp: LayerPlan, num_experts: int) 
     renormalisation the two differ by the softmax denominator, so a MappedRouter is used.
     """
     merge = lp.merge if lp.merge is not None else torch.eye(num_experts)
-    if not _is_one_hot(merge):
+    if not is_one_hot(merge):
         return None
     if lp.router is not None:
         if not torch.equal(lp.router.to(merge.dtype), merge):
@@ -438,7 +366,7 @@ def apply_plan(model, plan: CompressionPlan):
 def _apply_to_block(adapter: MoEAdapter, config, block, lp: LayerPlan, num_experts: int) -> None:
     router = getattr(block, adapter.router_attr)
     experts = getattr(block, adapter.experts_attr)
-    slots = slot_count(lp, num_experts)
+    slots = lp.budget(num_experts)
     if lp.merge is not None:
         merge = lp.merge.to(torch.float32)
         experts.gate_up_proj = nn.Parameter(merge_expert_tensor(experts.gate_up_proj, merge), requires_grad=False)
