@@ -53,20 +53,12 @@ def top_experts(counts: torch.Tensor, budget: int) -> list[int]:
 def frequency_plan(counts: dict[int, torch.Tensor], num_layers: int, budget: int) -> CompressionPlan:
     num_experts = len(next(iter(counts.values())))
     kept = {layer: top_experts(c, budget) for layer, c in counts.items()}
-    return _pruning_plan(kept, num_layers, num_experts, {"method": "frequency", "budget": budget})
+    return CompressionPlan.from_kept(kept, num_experts, num_layers=num_layers,
+                                     metadata={"method": "frequency", "budget": budget})
 
 
 def keep_first_plan(moe_layers: list[int], num_layers: int, num_experts: int, budget: int) -> CompressionPlan:
     kept = {layer: list(range(budget)) for layer in moe_layers}
-    return _pruning_plan(kept, num_layers, num_experts, {"method": "keep_first", "budget": budget})
+    return CompressionPlan.from_kept(kept, num_experts, num_layers=num_layers,
+                                     metadata={"method": "keep_first", "budget": budget})
 
-
-def _pruning_plan(kept: dict[int, list[int]], num_layers: int, num_experts: int, metadata: dict) -> CompressionPlan:
-    from harness.compress.plan import LayerPlan
-
-    layers = {}
-    for layer, experts in kept.items():
-        merge = torch.zeros(len(experts), num_experts)
-        merge[torch.arange(len(experts)), torch.tensor(experts)] = 1.0
-        layers[layer] = LayerPlan(merge=merge)
-    return CompressionPlan(num_layers, num_experts, layers, metadata=metadata)
