@@ -40,7 +40,7 @@ except ImportError:  # run as a script
 from harness.compress.adapters import adapter_for, decoder_layers, moe_block  # noqa: E402
 from harness.compress.apply import apply_plan  # noqa: E402
 from harness.compress.formats import load_plan  # noqa: E402
-from harness.compress.plan import CompressionPlan, LayerPlan  # noqa: E402
+from harness.compress.plan import CompressionPlan  # noqa: E402
 
 SHAPE = "Mixtral-8x7B"  # common.REAL_SHAPES, but for the depth (``--layers``)
 EEP_PLAN = common.REPO.parent / "shared" / "eep" / "searched_coeff" / "boolq_budget_4.pth"

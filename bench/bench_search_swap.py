@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -26,7 +25,7 @@ try:
 except ImportError:  # run as a script
     import common
 
-from harness.compress.adapters import adapter_for, moe_layer_indices  # noqa: E402
+from harness.compress.adapters import adapter_for, expert_count, moe_layer_indices  # noqa: E402
 from harness.compress.plan import CompressionPlan, LayerPlan  # noqa: E402
 from harness.models.hf_causal_lm import HFCausalLM  # noqa: E402
 from harness.pipeline import EvalTask  # noqa: E402
@@ -126,10 +125,6 @@ def gpu_subjects(names: list[str], num_items: int, batch_size: int, device, dtyp
 
 
 # ----------------------------------------------------------------------------------- plans
-def expert_count(model) -> int:
-    return int(getattr(model.config, adapter_for(model).expert_count_key))
-
-
 def pruning_plan(model, keep: int, seed: int = 0) -> CompressionPlan:
     """Keep ``keep`` random experts in every MoE layer (top-k lowered to fit when needed)."""
     rng = random.Random(seed)

@@ -83,6 +83,13 @@ def apply_compression(model, coeff_path: str | None) -> None:
         raise HarnessError(f"--coeff_path is not supported yet in this installation ({exc})") from None
     plan = load_plan_for_config(coeff_path, model.model.config)
     apply_plan(model.model, plan)
-    digest = hashlib.sha256(Path(coeff_path).read_bytes()).hexdigest()[:16]
-    model.identity["plan"] = digest
+    digest = record_plan_identity(model, coeff_path)
     log.info("applied compression plan %s (sha256 %s)", coeff_path, digest)
+
+
+def record_plan_identity(model, plan_file: str | Path) -> str:
+    """Make the applied plan file part of the model's identity (cached predictions depend on it);
+    returns the file's short sha256."""
+    digest = hashlib.sha256(Path(plan_file).read_bytes()).hexdigest()[:16]
+    model.identity["plan"] = digest
+    return digest

@@ -122,6 +122,12 @@ def adapter_for(model_or_config) -> MoEAdapter:
     return ADAPTERS[model_type]
 
 
+def expert_count(model_or_config) -> int:
+    """E: the routed experts per MoE layer, from the config key of the model's family."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return int(getattr(config, adapter_for(config).expert_count_key))
+
+
 def decoder_layers(model):
     """The decoder layers of a causal LM (``model.model.layers``)."""
     base = getattr(model, "model", model)

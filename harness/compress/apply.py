@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.compress.adapters import MoEAdapter, adapter_for, decoder_layers, moe_block
+from harness.compress.adapters import MoEAdapter, adapter_for, decoder_layers, expert_count, moe_block
 from harness.compress.plan import CompressionPlan, LayerPlan, is_one_hot
 from harness.errors import HarnessError
 
@@ -63,7 +63,7 @@ def validate_plan_for_model(model, plan: CompressionPlan) -> MoEAdapter:
     adapter = adapter_for(model)
     config = model.config
     layers = decoder_layers(model)
-    num_experts = int(getattr(config, adapter.expert_count_key))
+    num_experts = expert_count(config)
     if plan.num_layers != len(layers):
         raise HarnessError(f"plan is for {plan.num_layers} decoder layers but the model has {len(layers)}")
     if plan.num_experts != num_experts:
@@ -343,7 +343,7 @@ def apply_plan(model, plan: CompressionPlan):
     adapter = validate_plan_for_model(model, plan)
     config = model.config
     layers = decoder_layers(model)
-    num_experts = int(getattr(config, adapter.expert_count_key))
+    num_experts = expert_count(config)
     original_config = {
         adapter.expert_count_key: getattr(config, adapter.expert_count_key),
         adapter.top_k_key: getattr(config, adapter.top_k_key),

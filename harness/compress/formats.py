@@ -44,12 +44,12 @@ _MASK_KEYS = {"num_experts", "kept", "num_layers", "top_k", "metadata"}
 def load_plan_for_config(path: str | os.PathLike, config) -> CompressionPlan:
     """``load_plan`` with the layer and expert counts of a model's transformers config, which EEP
     and mask files do not record (an EEP file of a 4-layer model would otherwise read as 32)."""
-    from harness.compress.adapters import adapter_for
+    from harness.compress.adapters import expert_count
 
     return load_plan(
         path,
         num_layers=int(config.num_hidden_layers),
-        num_experts=int(getattr(config, adapter_for(config).expert_count_key)),
+        num_experts=expert_count(config),
         hidden_size=getattr(config, "hidden_size", None),
     )
 

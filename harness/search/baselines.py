@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.compress.adapters import adapter_for, decoder_layers, moe_block
+from harness.compress.adapters import adapter_for, decoder_layers, expert_count, moe_block
 from harness.compress.plan import CompressionPlan
 
 
@@ -15,7 +15,7 @@ def routing_counts(lm, texts: list[str]) -> dict[int, torch.Tensor]:
     """{MoE layer index: (E,) count of tokens routed to each expert} over ``texts``."""
     model = lm.model
     adapter = adapter_for(model)
-    num_experts = int(getattr(model.config, adapter.expert_count_key))
+    num_experts = expert_count(model)
     counts: dict[int, torch.Tensor] = {}
     current_mask: list[torch.Tensor] = []  # the batch's attention mask; padding is not counted
     hooks = []

@@ -10,7 +10,7 @@ import logging
 import time
 
 from harness.compress import apply_plan, reset_plan, snapshot_experts
-from harness.compress.adapters import adapter_for, decoder_layers, moe_layer_indices
+from harness.compress.adapters import decoder_layers, expert_count, moe_layer_indices
 from harness.errors import HarnessError
 from harness.pipeline import EvalTask
 from harness.search.space import PlanSpace
@@ -46,11 +46,10 @@ class PlanEvaluator:
 
     def plan_space(self, budget: int, groups) -> PlanSpace:
         model = self.lm.model
-        adapter = adapter_for(model)
         return PlanSpace.for_model(
             moe_layer_indices(model),
             len(decoder_layers(model)),
-            int(getattr(model.config, adapter.expert_count_key)),
+            expert_count(model),
             budget,
             groups,
         )

@@ -11,14 +11,13 @@ with it (DIR/predictions, DIR/results), so the baseline sits in the same summary
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from pathlib import Path
 
-from harness.cli import add_run_arguments, main_guard, run_model_config, setup_work_dir
+from harness.cli import add_run_arguments, main_guard, record_plan_identity, run_model_config, setup_work_dir
 from harness.compress import apply_plan, save_plan
-from harness.compress.adapters import adapter_for, decoder_layers, moe_layer_indices
+from harness.compress.adapters import decoder_layers, expert_count, moe_layer_indices
 from harness.config import dataset_configs, load_config
 from harness.errors import HarnessError
 from harness.pipeline import EvalTask
@@ -59,7 +58,7 @@ def main(argv=None) -> int:
     setup_work_dir(args.work_dir, cfg)
     lm = build(MODELS, model_cfg)
     model = lm.model
-    num_experts = int(getattr(model.config, adapter_for(model).expert_count_key))
+    num_experts = expert_count(model)
     if not 1 <= args.budget <= num_experts:
         raise HarnessError(f"--budget {args.budget} must be between 1 and the model's {num_experts} experts")
 
@@ -75,7 +74,7 @@ def main(argv=None) -> int:
     plan_path = Path(args.work_dir) / "plan.safetensors"
     save_plan(plan, plan_path)
     apply_plan(model, plan)
-    lm.identity["plan"] = hashlib.sha256(plan_path.read_bytes()).hexdigest()[:16]
+    record_plan_identity(lm, plan_path)
     for task in tasks:
         metrics = task.run(lm, args.work_dir)
         print(f"{lm.abbr}/{task.abbr} {args.method} budget {args.budget}: {json.dumps(metrics)}")

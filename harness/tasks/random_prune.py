@@ -11,14 +11,13 @@ shows them beside other runs. Rerunning resumes: finished runs are reused.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import random
 import statistics
 from pathlib import Path
 
-from harness.cli import add_run_arguments, main_guard, run_model_config, setup_work_dir
+from harness.cli import add_run_arguments, main_guard, record_plan_identity, run_model_config, setup_work_dir
 from harness.compress import save_plan
 from harness.config import dataset_configs, load_config
 from harness.io import atomic_write_json, results_path
@@ -74,7 +73,7 @@ def main(argv=None) -> int:
                                                   "budget": args.budget, "groups": str(args.groups)})
         save_plan(plan, run_dir / "plan.safetensors")
         evaluator.use(plan)
-        lm.identity["plan"] = hashlib.sha256((run_dir / "plan.safetensors").read_bytes()).hexdigest()[:16]
+        record_plan_identity(lm, run_dir / "plan.safetensors")
         for task in tasks:
             metrics = task.run(lm, run_dir)
             per_task[task.abbr].append(metrics)

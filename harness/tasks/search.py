@@ -20,13 +20,12 @@ to the number of ranks.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from pathlib import Path
 
 from harness import distributed
-from harness.cli import add_run_arguments, main_guard, run_model_config, setup_work_dir
+from harness.cli import add_run_arguments, main_guard, record_plan_identity, run_model_config, setup_work_dir
 from harness.compress import save_plan
 from harness.config import dataset_configs, load_config
 from harness.errors import HarnessError
@@ -183,7 +182,7 @@ def main(argv=None) -> int:
         if args.eep_format:
             save_plan(plan, plan_path.with_suffix(".pth"), format="eep")
         evaluator.use(plan)
-        lm.identity["plan"] = hashlib.sha256(plan_path.read_bytes()).hexdigest()[:16]
+        record_plan_identity(lm, plan_path)
         out_dir = work_dir if name == "best" else work_dir / "prune_only"
         metrics = eval_task.run(lm, out_dir)
         print(f"{name}: evaluation {slot}, train fitness {records[slot]['fitness']:.2f}, "
