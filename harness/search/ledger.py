@@ -25,20 +25,23 @@ class Ledger:
         self.evals.mkdir(parents=True, exist_ok=True)
         self.claims.mkdir(parents=True, exist_ok=True)
         self.stale_after_s = stale_after_s
+        self._records: dict[int, dict] = {}  # finished records read so far, by slot
 
     # ------------------------------------------------------------------ results
     def _eval_path(self, slot: int) -> Path:
         return self.evals / f"{slot:06d}.json"
 
     def finished(self) -> dict[int, dict]:
-        """Every finished slot's record, by slot."""
-        out = {}
+        """Every finished slot's record, by slot. Records are written once, so each file is read
+        once; later calls only look for new files (the search loop asks before every candidate)."""
         for path in self.evals.glob("*.json"):
             try:
-                out[int(path.stem)] = json.loads(path.read_text(encoding="utf-8"))
+                slot = int(path.stem)
+                if slot not in self._records:
+                    self._records[slot] = json.loads(path.read_text(encoding="utf-8"))
             except (ValueError, json.JSONDecodeError):
                 continue  # not ours, or unreadable: ignore
-        return out
+        return dict(self._records)
 
     def record(self, slot: int, entry: dict) -> None:
         atomic_write_json(self._eval_path(slot), {"slot": slot, **entry})
