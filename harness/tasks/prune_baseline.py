@@ -54,7 +54,9 @@ def main(argv=None) -> int:
     calib_source = args.calib_cfg or args.config
     if args.method == "frequency" and not args.calib_cfg:
         log.warning("no --calib_cfg: routing frequencies are counted on the evaluation data itself")
-    calib_sets = dataset_configs(load_config(calib_source)) if args.method == "frequency" else []
+    calib_tasks = tasks  # routing is counted on the evaluation tasks unless --calib_cfg names others
+    if args.method == "frequency" and args.calib_cfg:
+        calib_tasks = [EvalTask(d, args.data_root) for d in dataset_configs(load_config(args.calib_cfg))]
     setup_work_dir(args.work_dir, cfg)
     lm = build(MODELS, model_cfg)
     model = lm.model
@@ -64,8 +66,10 @@ def main(argv=None) -> int:
 
     if args.method == "frequency":
         texts = []
-        for dataset in calib_sets:
-            texts += calibration_texts(EvalTask(dataset, args.data_root), lm, args.calib_num)
+        for task in calib_tasks:
+            texts += calibration_texts(task, lm, args.calib_num)
+            if len(texts) >= args.calib_num:
+                break
         counts = routing_counts(lm, texts[: args.calib_num])
         plan = frequency_plan(counts, len(decoder_layers(model)), args.budget)
         plan.metadata["calibration"] = f"{calib_source} ({len(texts[: args.calib_num])} prompts)"
