@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.compress.plan import CompressionPlan, LayerPlan
+from harness.compress.plan import CompressionPlan, LayerPlan, is_one_hot
 from harness.errors import HarnessError
 
 
@@ -46,8 +46,8 @@ class Candidate:
 
     @property
     def is_pruning(self) -> bool:
-        one_hot = ((self.merge == 0) | (self.merge == 1)).all() and (self.merge.sum(-1) == 1).all()
-        return bool(one_hot) and torch.equal(self.merge, self.router)
+        rows = self.merge.reshape(-1, self.merge.shape[-1])
+        return is_one_hot(rows) and torch.equal(self.merge, self.router)
 
     def to_dict(self) -> dict:
         return {"merge": self.merge.tolist(), "router": self.router.tolist(), "top_k": self.top_k}
