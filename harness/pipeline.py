@@ -148,7 +148,8 @@ class EvalTask:
         if work_dir is not None:
             final = predictions_path(work_dir, model.abbr, self.abbr)
             partial = partial_predictions_path(work_dir, model.abbr, self.abbr)
-        run_id = self.inferencer.run_fingerprint(model, prompts)
+        # what a resumed run is checked against; without files (search fitness) nothing reads it
+        run_id = self.inferencer.run_fingerprint(model, prompts) if work_dir is not None else ""
         if distributed.is_distributed():
             return self._infer_sharded(model, prompts, run_id, final, partial)
         store = PredictionStore(final, partial, run_id)
@@ -158,8 +159,9 @@ class EvalTask:
         return self._finish(store)
 
     def _finish(self, store: PredictionStore) -> dict[str, dict]:
+        references = self.data.references  # built from the rows on each access: once here
         for pos, record in store.done.items():
-            record["gold"] = self.data.references[pos]
+            record["gold"] = references[pos]
             record["index"] = self.data.indices[pos]
         return store.finalize(len(self.data.test_rows))
 
