@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from harness.cli import main_guard
+from harness.compress.describe import human_bytes
 from harness.errors import HarnessError
 
 
@@ -47,13 +48,6 @@ def _load(model_path: Path, dtype: str):
     return model.eval(), tokenizer
 
 
-def _human(n_bytes: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n_bytes < 1024 or unit == "GiB":
-            return f"{n_bytes:.1f} {unit}" if unit != "B" else f"{n_bytes} B"
-        n_bytes /= 1024
-
-
 def run(argv=None) -> int:
     args = parse_args(argv)
     model_path, coeff_path = Path(args.model_path), Path(args.coeff_path)
@@ -70,7 +64,7 @@ def run(argv=None) -> int:
     b, a = result.before, result.after
     print(f"wrote {result.kind} checkpoint to {result.path}")
     print(f"parameters: {b.count:,} -> {a.count:,} ({a.count / b.count:.1%})")
-    print(f"bytes:      {b.bytes:,} ({_human(b.bytes)}) -> {a.bytes:,} ({_human(a.bytes)})")
+    print(f"bytes:      {b.bytes:,} ({human_bytes(b.bytes)}) -> {a.bytes:,} ({human_bytes(a.bytes)})")
     if result.kind == "compressed":
         print("load it with harness.compress.load_compressed(path)")
     return 0

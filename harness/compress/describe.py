@@ -133,7 +133,7 @@ def _layer_row(plan: CompressionPlan, index: int, shape: ExpertShape | None, def
     return row, budget * per_expert, E * per_expert
 
 
-def _human_bytes(count: float) -> str:
+def human_bytes(count: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(count) < 1024 or unit == "TiB":
             return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
@@ -178,7 +178,7 @@ def describe_plan(plan: CompressionPlan, model_config=None, expert_shape: Expert
         saved = all_params - kept_params
         lines.append(
             f"routed-expert parameters: {all_params:,} -> {kept_params:,}; saved {saved:,} "
-            f"({100.0 * saved / all_params:.1f}%), {_human_bytes(saved * shape.bytes_per_param)} at "
+            f"({100.0 * saved / all_params:.1f}%), {human_bytes(saved * shape.bytes_per_param)} at "
             f"{shape.bytes_per_param} bytes/param ({shape.params_per_expert:,} params per expert = 3 x "
             f"{shape.hidden_size} x {shape.intermediate_size}; attention, shared experts and routers not counted)"
         )

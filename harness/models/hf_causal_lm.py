@@ -178,9 +178,6 @@ class HFCausalLM:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=self.add_special_tokens)["input_ids"]
 
-    def decode(self, tokens: Sequence[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
-
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
     def score(self, groups: list[list[ScoreRequest]]) -> list[list[Score]]:

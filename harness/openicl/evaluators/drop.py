@@ -9,16 +9,13 @@ whose gold numbers are absent from the predicted span scores 0.
 from __future__ import annotations
 
 import re
-import string
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from harness.openicl.evaluators.base import as_list, check_inputs, percentage
+from harness.openicl.evaluators.squad import _ARTICLES, _ASCII_PUNCTUATION  # the same normalisation tables
 from harness.registry import EVALUATORS
-
-_ASCII_PUNCTUATION = frozenset(string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 
 
 def is_number(text: str) -> bool:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from harness.openicl.evaluators.base import as_list, check_inputs, percentage
-from harness.openicl.evaluators.squad import normalize_answer
+from harness.openicl.evaluators.squad import exact_match
 from harness.openicl.postprocessors import general_postprocess
 from harness.registry import EVALUATORS
 
@@ -13,10 +13,8 @@ class EMEvaluator:
 
     def score(self, predictions: list, references: list) -> dict[str, float]:
         check_inputs("EMEvaluator", predictions, references)
-        hits = []
-        for prediction, reference in zip(predictions, references):
-            normalized = normalize_answer(str(prediction))
-            hits.append(float(any(normalized == normalize_answer(str(gold)) for gold in as_list(reference))))
+        hits = [float(any(exact_match(str(prediction), str(gold)) for gold in as_list(reference)))
+                for prediction, reference in zip(predictions, references)]
         return {"em": percentage(hits)}
 
 
