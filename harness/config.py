@@ -48,7 +48,7 @@ def dataset_configs(cfg) -> list[dict]:
     return unique
 
 
-def model_config(cfg, model_path: str | None, batch_size: int | None = None, abbr: str | None = None) -> dict:
+def model_config(cfg, model_path: str | None, batch_size: int | None = None) -> dict:
     """The model config of a run: the config's first model (or the default), with CLI overrides."""
     models = list(cfg.get("models") or [])
     if len(models) > 1:
@@ -61,7 +61,5 @@ def model_config(cfg, model_path: str | None, batch_size: int | None = None, abb
         raise HarnessError("no model path: pass --model_path or set models[0].path in the config")
     if batch_size:
         model["batch_size"] = batch_size
-    if abbr:
-        model["abbr"] = abbr
     model.setdefault("abbr", Path(str(model["path"]).rstrip("/")).name)
     return model

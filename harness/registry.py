@@ -39,11 +39,11 @@ def get(registry: Registry, name: str) -> Any:
     return obj
 
 
-def build(registry: Registry, cfg: dict, **defaults: Any) -> Any:
-    """Instantiate ``cfg['type']`` with the remaining keys (plus ``defaults`` where not given)."""
+def build(registry: Registry, cfg: dict) -> Any:
+    """Instantiate ``cfg['type']`` with the remaining keys."""
     if not isinstance(cfg, dict) or "type" not in cfg:
         raise HarnessError(f"a {registry.name} config must be a dict with a 'type' key, got {cfg!r}")
-    kwargs = {**defaults, **{k: v for k, v in cfg.items() if k != "type"}}
+    kwargs = {k: v for k, v in cfg.items() if k != "type"}
     return get(registry, cfg["type"])(**kwargs)
 
 
