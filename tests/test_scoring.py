@@ -213,3 +213,20 @@ def test_slow_experts_warning_on_gpu_only_when_experts_do_not_run_as_one_grouped
     assert "grouped_mm" in slow_experts_warning(looped, "cuda")
     assert "trust_remote_code" in slow_experts_warning(remote, "cuda")
     assert all(slow_experts_warning(c, "cpu") is None for c in (fused, looped, remote))
+
+
+def test_a_single_device_is_where_the_weights_load(tiny_mixtral_path, monkeypatch):
+    """device= (a torchrun rank's GPU) goes to from_pretrained, not a CPU load followed by .to()."""
+    from transformers import AutoModelForCausalLM
+
+    real = AutoModelForCausalLM.from_pretrained
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("device_map"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recording)
+    HFCausalLM(str(tiny_mixtral_path), device="cpu", max_seq_len=64)
+    HFCausalLM(str(tiny_mixtral_path), device="cpu", device_map="auto", max_seq_len=64)
+    assert seen == ["cpu", "auto"]

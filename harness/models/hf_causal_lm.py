@@ -114,11 +114,11 @@ class HFCausalLM:
         self.tokenizer = tokenizer if tokenizer is not None else self._load_tokenizer(
             tokenizer_path or self.path, tokenizer_kwargs or {}
         )
+        # ``device`` (one device, e.g. a torchrun rank's GPU) loads the weights straight there, so
+        # ranks do not each hold a CPU copy first; ``device_map`` takes precedence when both are set
         self.model = model if model is not None else self._load_model(
-            resolve_dtype(dtype), device_map, model_kwargs or {}
+            resolve_dtype(dtype), device_map if device_map is not None else device, model_kwargs or {}
         )
-        if device is not None and device_map is None and model is None:
-            self.model.to(device)
         self.model.eval()
         warning = slow_experts_warning(self.model.config, self.device.type)
         if warning:
