@@ -30,22 +30,55 @@ def load_config(path: str):
 
 
 def dataset_configs(cfg) -> list[dict]:
-    """Every dataset dict of the config, from ``datasets`` and lists named ``*_datasets``."""
-    found: list[dict] = []
+    """Every dataset dict of the config, from ``datasets`` and lists named ``*_datasets``.
+
+    The same dataset listed twice (``datasets = [*boolq_datasets]`` beside ``boolq_datasets``, the
+    OpenCompass habit) counts once. Two *different* datasets with one ``abbr`` are an error: output
+    files are named by abbr, so the second would overwrite (or silently reuse) the first's results.
+    """
+    found: list[tuple[str, dict]] = []
     for name in sorted(cfg.keys()):
         if name == "datasets" or name.endswith("_datasets"):
             value = cfg[name]
             items = value if isinstance(value, (list, tuple)) else [value]
-            found.extend(dict(item) for item in items)
-    seen: set = set()
+            found.extend((f"{name}[{i}]", dict(item)) for i, item in enumerate(items))
+    first_of: dict = {}
     unique = []
-    for item in found:
-        if item.get("abbr") not in seen:
-            seen.add(item.get("abbr"))
-            unique.append(item)
+    for where, item in found:
+        abbr = item.get("abbr")
+        check_output_name(abbr, f"config {cfg.filename}: {where}.abbr")
+        if abbr in first_of:
+            other_where, other = first_of[abbr]
+            if item != other:
+                raise HarnessError(
+                    f"config {cfg.filename}: {other_where} and {where} are different datasets with the same "
+                    f"abbr {abbr!r}; give each a distinct abbr (it names the output files)"
+                )
+            continue
+        first_of[abbr] = (where, item)
+        unique.append(item)
     if not unique:
         raise HarnessError(f"config {cfg.filename} defines no datasets (a list named 'datasets' or '*_datasets')")
     return unique
+
+
+def check_output_name(name, where: str, fix: str = "give it an abbr without '/', '\\', '..' or a leading '.'") -> str:
+    """Refuse an abbr that cannot safely name a file or folder inside the work dir.
+
+    Dataset and model abbrs become path components (``predictions/<model>/<dataset>.json``), so a
+    separator or ``..`` would write outside the work dir, and a leading dot would hide the file.
+    """
+    if not isinstance(name, str) or not name.strip():
+        problem = "is missing or empty"
+    elif any(sep in name for sep in ("/", "\\", "\0")):
+        problem = "contains a path separator"
+    elif ".." in name:
+        problem = "contains '..'"
+    elif name.startswith("."):
+        problem = "starts with a dot"
+    else:
+        return name
+    raise HarnessError(f"{where} {name!r} {problem} (it names output files); {fix}")
 
 
 def model_config(cfg, model_path: str | None, batch_size: int | None = None) -> dict:
@@ -61,5 +94,12 @@ def model_config(cfg, model_path: str | None, batch_size: int | None = None) -> 
         raise HarnessError("no model path: pass --model_path or set models[0].path in the config")
     if batch_size:
         model["batch_size"] = batch_size
-    model.setdefault("abbr", Path(str(model["path"]).rstrip("/")).name)
+    if model.get("abbr") is not None:
+        check_output_name(model["abbr"], f"config {cfg.filename}: models[0].abbr")
+    else:
+        model["abbr"] = check_output_name(
+            Path(str(model["path"]).rstrip("/")).name,
+            f"the model abbr taken from the folder name of {model['path']}",
+            "set abbr in the config's models[0] (or --model_cfg file)",
+        )
     return model

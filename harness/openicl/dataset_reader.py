@@ -1,7 +1,8 @@
 """Read a dataset config's data: load the file, slice ``test_range``, pick the subset.
 
 Order of operations (the EEP protocol's): loader -> test split -> ``test_range`` slice -> subset
-(index file or range). Each kept row remembers its position in the loader's test split, which for
+(index file or range). Where train and test are one list, few-shot examples that are evaluated
+items are refused (see ``harness/openicl/retrievers.py``; opt in with ``allow_test_examples=True``). Each kept row remembers its position in the loader's test split, which for
 the one-file loaders is its record number in the source file.
 """
 from __future__ import annotations
@@ -11,8 +12,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.config import check_output_name
 from harness.errors import HarnessError
-from harness.registry import LOADERS, get
+from harness.openicl.retrievers import check_no_test_examples
+from harness.registry import LOADERS, RETRIEVERS, build, get
 
 READER_KEYS = {"type", "path", "input_columns", "output_column", "train_split", "test_split", "test_range"}
 _SLICE = re.compile(r"^\[\s*(-?\d*)\s*:\s*(-?\d*)\s*(?::\s*(-?\d*)\s*)?\]$")
@@ -106,6 +109,7 @@ def load_eval_data(dataset_cfg: dict, data_root: str | None = None) -> EvalData:
     abbr = dataset_cfg.get("abbr")
     if not abbr:
         raise HarnessError("every dataset config needs an 'abbr' (it names the output files)")
+    check_output_name(abbr, "dataset abbr")
     reader = dict(dataset_cfg.get("reader_cfg") or {})
     if "type" not in reader or "path" not in reader:
         raise HarnessError(f"dataset {abbr}: reader_cfg needs 'type' (a loader) and 'path'")
@@ -119,7 +123,7 @@ def load_eval_data(dataset_cfg: dict, data_root: str | None = None) -> EvalData:
             f"dataset {abbr}: data file {exc.filename or path} not found; put the data there or pass --data_root"
         ) from None
 
-    train_rows, test_rows = _splits(loaded, reader, abbr)
+    train_rows, test_rows, train_is_test = _splits(loaded, reader, abbr)
     positions = list(range(len(test_rows)))
     if reader.get("test_range"):
         positions = positions[parse_range(reader["test_range"], f"dataset {abbr}")]
@@ -128,6 +132,10 @@ def load_eval_data(dataset_cfg: dict, data_root: str | None = None) -> EvalData:
     indices = [positions[i] for i in keep]
     if not indices:
         raise HarnessError(f"dataset {abbr}: the subset is empty (check test_range and subset in the config)")
+
+    if train_is_test:
+        retriever_cfg = (dataset_cfg.get("infer_cfg") or {}).get("retriever") or {"type": "ZeroRetriever"}
+        check_no_test_examples(build(RETRIEVERS, retriever_cfg), len(train_rows), indices, f"dataset {abbr}")
 
     output_column = reader.get("output_column")
     rows = [test_rows[i] for i in indices]
@@ -142,13 +150,14 @@ def load_eval_data(dataset_cfg: dict, data_root: str | None = None) -> EvalData:
     return EvalData(abbr, rows, indices, train_rows, input_columns, output_column)
 
 
-def _splits(loaded, reader: dict, abbr: str) -> tuple[list[dict], list[dict]]:
-    """A loader returns one list (train == test) or a dict of splits."""
+def _splits(loaded, reader: dict, abbr: str) -> tuple[list[dict], list[dict], bool]:
+    """Train rows, test rows, and whether they are one list (a one-file loader, or no train split)."""
     if isinstance(loaded, dict):
         test_split = reader.get("test_split", "test")
         train_split = reader.get("train_split", "train")
         if test_split not in loaded:
             raise HarnessError(f"dataset {abbr}: test_split {test_split!r} not among the splits {sorted(loaded)}")
-        return list(loaded.get(train_split, loaded[test_split])), list(loaded[test_split])
+        same = train_split == test_split or train_split not in loaded
+        return list(loaded[train_split if not same else test_split]), list(loaded[test_split]), same
     rows = list(loaded)
-    return rows, rows
+    return rows, rows, True
