@@ -4,8 +4,15 @@
 
 A run is one model folder under DIR/results (named after DIR, or DIR/model when a folder holds
 several models). A result that one run has and another lacks is shown as ``missing`` and named on
-stderr. The average row covers only the rows every run has, and says how many that is. Metrics
-averaged over repeated runs (random pruning's ``<metric>_std``, ``num_runs``) show as mean ± std.
+stderr. Metrics averaged over repeated runs (random pruning's ``<metric>_std``, ``num_runs``) show
+as mean ± std.
+
+The average row averages ONE metric per dataset, its primary metric (as OpenCompass's summary
+groups do): the one a results file names under ``"primary_metric"``, else the first metric the
+evaluator reported (the first numeric key of the file, the same rule as a search's fitness in
+``harness/search/fitness.py``). Mixing accuracy, its ``_norm`` twin, em and f1 in one mean would
+count some datasets several times. The row's metric cell names what was averaged, and it covers
+only the datasets every run has (saying how many that is); a one-dataset table has no average row.
 """
 from __future__ import annotations
 
@@ -23,10 +30,13 @@ from harness.errors import HarnessError
 from harness.io import atomic_write_text
 
 MISSING = "missing"
+PRIMARY = "primary_metric"  # a results file may name its averaged metric under this key
 
 
 def collect_runs(work_dirs: list[str]) -> dict[str, dict[str, dict[str, float]]]:
-    """{run name: {dataset abbr: {metric: value}}} from each DIR/results/<model>/<dataset>.json."""
+    """{run name: {dataset abbr: {metric: value}}} from each DIR/results/<model>/<dataset>.json.
+
+    Metrics keep the file's order (the evaluator's), and a ``primary_metric`` name is kept as is."""
     runs: dict[str, dict[str, dict[str, float]]] = {}
     for work_dir in work_dirs:
         root = Path(work_dir) / "results"
@@ -39,9 +49,35 @@ def collect_runs(work_dirs: list[str]) -> dict[str, dict[str, dict[str, float]]]
                 name = f"{work_dir}/{model_dir.name}"
             runs[name] = {}
             for file in sorted(model_dir.glob("*.json")):
-                metrics = json.loads(file.read_text(encoding="utf-8"))
-                runs[name][file.stem] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+                runs[name][file.stem] = read_metrics(file)
     return runs
+
+
+def read_metrics(file: Path) -> dict:
+    """A results file's numeric metrics in the file's order, and its ``primary_metric`` name if any."""
+    try:
+        metrics = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        metrics = None
+    if not isinstance(metrics, dict):
+        raise HarnessError(f"{file} is not a results file (a JSON object of metrics); remove it or rerun harness/tasks/eval.py")
+    kept = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    named = metrics.get(PRIMARY)
+    if named is not None:
+        if named not in kept:
+            raise HarnessError(f"{file}: primary_metric {named!r} is not among its metrics {sorted(kept)}; fix or drop it")
+        kept[PRIMARY] = named
+    return kept
+
+
+def primary_metric(metrics: dict) -> str | None:
+    """The name of a dataset's averaged metric: the one the file names, else the first one reported."""
+    return metrics.get(PRIMARY) or next(iter(metric_names(metrics)), None)
+
+
+def metric_names(metrics: dict) -> list[str]:
+    """The metric rows of a results dict, in the file's order (no spreads, no primary_metric name)."""
+    return [m for m in metrics if m != PRIMARY and not is_spread(m)]
 
 
 def is_spread(metric: str) -> bool:
@@ -53,26 +89,45 @@ def build_table(runs: dict[str, dict[str, dict[str, float]]]) -> tuple[list[str]
     """Header, rows (dataset, metric, value per run) and the names of the missing results.
 
     A metric averaged over repeated runs shows as ``mean ± std (n runs)``; the average row uses means.
+    A dataset's primary metric is decided by the first run (in command-line order) that has it.
     """
     names = list(runs)
-    keys = sorted({(d, m) for run in runs.values() for d, metrics in run.items() for m in metrics if not is_spread(m)})
-    rows, missing, means = [], [], []
+    primary: dict[str, str] = {}
+    for name in names:
+        for dataset, metrics in runs[name].items():
+            if dataset not in primary and primary_metric(metrics) is not None:
+                primary[dataset] = primary_metric(metrics)
+    keys = sorted({(d, m) for run in runs.values() for d, metrics in run.items() for m in metric_names(metrics)})
+    rows, missing = [], []
     for dataset, metric in keys:
-        row, row_means = [dataset, metric], []
+        row = [dataset, metric]
         for name in names:
             metrics = runs[name].get(dataset, {})
             value = metrics.get(metric)
             if value is None:
                 missing.append(f"{name}: {dataset} {metric}")
             row.append(MISSING if value is None else _cell(value, metrics.get(f"{metric}_std"), metrics.get("num_runs")))
-            row_means.append(value)
         rows.append(row)
-        means.append(row_means)
-    complete = [m for m in means if None not in m]
-    if complete and names:
-        label = "average" if len(complete) == len(rows) else f"average ({len(complete)} of {len(rows)} rows)"
-        rows.append([label, ""] + [sum(m[i] for m in complete) / len(complete) for i in range(len(names))])
+    if len(primary) > 1 and names:
+        rows.extend(_average_row(runs, names, primary))
     return ["dataset", "metric"] + names, rows, missing
+
+
+def _average_row(runs, names: list[str], primary: dict[str, str]) -> list[list]:
+    """The mean over datasets of each one's primary metric, for the datasets every run has."""
+    complete = sorted(d for d, m in primary.items() if all(m in runs[name].get(d, {}) for name in names))
+    if not complete:
+        return []
+    label = "average" if len(complete) == len(primary) else f"average ({len(complete)} of {len(primary)} datasets)"
+    by_metric: dict[str, list[str]] = {}
+    for dataset in complete:
+        by_metric.setdefault(primary[dataset], []).append(dataset)
+    if len(by_metric) == 1:
+        what = next(iter(by_metric))
+    else:
+        what = "; ".join(f"{metric}: {', '.join(datasets)}" for metric, datasets in by_metric.items())
+    values = [sum(runs[name][d][primary[d]] for d in complete) / len(complete) for name in names]
+    return [[label, what] + values]
 
 
 def _cell(value: float, std: float | None, num_runs: float | None):
