@@ -42,10 +42,50 @@ def eep_data(shared_dir):
     return shared_dir / "eep" / "data"
 
 
-def test_every_format_family_is_registered():
-    for name in ["superglue", "record", "squad", "drop", "winogrande", "obqa", "hellaswag", "arc", "mmlu",
-                 "piqa", "jsonl", "json", "csv"]:
-        assert callable(get(LOADERS, name))
+ARC_ROW = {"id": "q1", "question": {"stem": "Which?", "choices": [{"text": t, "label": l} for t, l in
+                                                                   zip("wxyz", "1234")]}, "answerKey": "3"}
+OBQA_ROW = {"id": "o1", "question": {"stem": "Sun is a", "choices": [{"text": t, "label": l} for t, l in
+                                                                     zip(["star", "moon", "rock", "car"], "ABCD")]},
+            "answerKey": "A", "fact1": "the sun is a star"}
+SQUAD = {"data": [{"title": "T", "paragraphs": [{"context": "C", "qas": [
+    {"id": "s1", "question": "Q?", "answers": [{"text": "x", "answer_start": 0}]}]}]}]}
+DROP = {"p1": {"passage": "P", "qa_pairs": [{"question": "How many?", "query_id": "d1",
+                                             "validated_answers": [{"number": "3", "date": {}, "spans": []}]}]}}
+RECORD_ROW = {"passage": {"text": "A @highlight B"}, "qas": [{"query": "@placeholder won", "idx": 0,
+                                                              "answers": [{"text": "A"}]}]}
+
+# one small file per format family, written in that format, and the row fields the loader must produce
+FAMILY_CASES = {
+    "superglue": ("r.jsonl", json.dumps({"question": "q", "label": True}) + "\n", dict(label_map=BOOL_AB),
+                  {"question": "q", "label": "A"}),
+    "record": ("r.jsonl", json.dumps(RECORD_ROW) + "\n", {}, {"text": "A  B", "question": "____ won", "answers": ["A"]}),
+    "squad": ("s.json", json.dumps(SQUAD), {}, {"id": "s1", "context": "C", "answers": ["x"], "is_impossible": False}),
+    "drop": ("d.json", json.dumps(DROP), {}, {"prompt": "P", "question": "How many?", "answers": ["3"]}),
+    "winogrande": ("w.jsonl", json.dumps({"sentence": "I met _ today", "option1": "Ann", "option2": "Bo",
+                                          "answer": "2"}) + "\n", {},
+                   {"opt1": "I met Ann today", "opt2": "I met Bo today", "cont": " today", "answer": "B"}),
+    "obqa": ("o.jsonl", json.dumps(OBQA_ROW) + "\n", {},
+             {"question_stem": "Sun is a", "A": "star", "D": "car", "answerKey": "A", "fact1": "the sun is a star"}),
+    "hellaswag": ("h.jsonl", json.dumps({"query": "Cooking: stir", "choices": list("abcd"), "gold": 2}) + "\n", {},
+                  {"ctx": "stir", "C": "c", "gold": 2, "label": "C"}),
+    "arc": ("a.jsonl", json.dumps(ARC_ROW) + "\n", {}, {"question": "Which?", "textC": "y", "answerKey": "C", "label": 2}),
+    "mmlu": ("anatomy_test.csv", "What?,w,x,y,z,D\n", {}, {"question": "What?", "D": "z", "answer": "D", "subject": "anatomy"}),
+    "piqa": ("p.jsonl", json.dumps({"goal": "g", "sol1": "a", "sol2": "b"}) + "\n", {}, {"goal": "g", "label": None,
+                                                                                          "answer": "NULL"}),
+    "jsonl": ("g.jsonl", json.dumps({"x": 1, "y": "z"}) + "\n", dict(rename={"y": "label"}), {"x": 1, "label": "z"}),
+    "json": ("g.json", json.dumps({"rows": [{"x": 2}]}), dict(field="rows"), {"x": 2}),
+    "csv": ("g.csv", "x,label\n3,true\n", dict(label_map=BOOL_AB), {"x": "3", "label": "A"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CASES))
+def test_every_format_family_loads_a_small_file_of_its_format(tmp_path, name):
+    file_name, text, kwargs, expected = FAMILY_CASES[name]
+    path = tmp_path / file_name
+    path.write_text(text, encoding="utf-8")
+    rows = load(name, path, **kwargs)
+    assert len(rows) == 1
+    assert {k: rows[0].get(k) for k in expected} == expected
 
 
 # --- SuperGLUE -------------------------------------------------------------------------------------

@@ -13,16 +13,29 @@ def pp(name):
     return get(POSTPROCESSORS, name)
 
 
+ONE_TEXT = "  The answer is B, 14.8 (Answer: 1,000 apples)\nQuestion: 7?"
+
+
 @pytest.mark.parametrize(
-    "name",
-    ["first_capital", "first_option", "gsm8k", "ReCoRD", "general", "squad", "strip", "first_line", "last_number"],
+    "name, kwargs, expected",
+    [  # worked out by hand from each docstring; every name gives a different result on the same text
+        ("first_capital", {}, "T"),
+        ("first_option", {"options": "ABCD"}, "B"),
+        ("gsm8k", {}, "000"),  # last number before 'Question:'; the protocol's regex splits '1,000'
+        ("ReCoRD", {}, "The answer is B, 14.8 (1,000 apples)"),
+        ("general", {}, "answer is B"),  # cut at the first ',', punctuation and 'The' deleted
+        ("squad", {}, "answer is B 148 Answer 1000 apples"),  # cut only at the newline
+        ("strip", {}, ONE_TEXT.strip()),
+        ("first_line", {}, "The answer is B, 14.8 (Answer: 1,000 apples)"),
+        ("last_number", {}, "7"),
+    ],
 )
-def test_prediction_postprocessors_are_registered(name):
-    assert callable(pp(name))
+def test_each_registered_prediction_postprocessor_on_one_text(name, kwargs, expected):
+    assert pp(name)(ONE_TEXT, **kwargs) == expected
 
 
 def test_dataset_postprocessor_is_registered_separately():
-    assert callable(get(DATASET_POSTPROCESSORS, "gsm8k_dataset"))
+    assert get(DATASET_POSTPROCESSORS, "gsm8k_dataset")("She pays 2 * 600 = 1,200.\n#### 1,200") == "1200"
     with pytest.raises(HarnessError, match="gsm8k_dataset"):
         get(POSTPROCESSORS, "gsm8k_dataset")
 
