@@ -158,3 +158,20 @@ def test_every_committed_config_passes_the_checks_where_its_data_is_here():
                 load_eval_data(cfg, str(REPO / "data"))
                 checked += 1
     assert checked == 16
+
+
+# --- the suite's own setting: ../shared must not be silently absent in CI -----------------------------
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("TRUE", pytest.fail.Exception),
+                                         ("", pytest.skip.Exception), ("false", pytest.skip.Exception)])
+def test_missing_shared_data_fails_under_ci_and_skips_elsewhere(tmp_path, monkeypatch, ci, outcome):
+    from tests import tiny
+
+    absent = tmp_path / "no_shared_here"
+    monkeypatch.setattr(tiny, "SHARED", absent)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match=str(absent)):
+        tiny.require_shared()
+    with pytest.raises(outcome, match="protocol.jsonl"):
+        tiny.require_shared(absent / "protocol.jsonl")
+    assert tiny.require_shared(tmp_path) == tmp_path
