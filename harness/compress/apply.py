@@ -2,7 +2,8 @@
 
 What each layer mode becomes (E original experts, B kept slots, k active per token):
 
-- routed: the Experts module's ``gate_up_proj`` / ``down_proj`` are replaced by the B merged
+- routed: the Experts module's per-expert tensors (``gate_up_proj`` / ``down_proj``, and biases
+  where the family has them; ``ResolvedMoE.expert_tensors``) are replaced by the B merged
   experts ``W'_i = sum_e merge[i, e] W_e`` (fp32 accumulation on the model's device, cast back;
   one-hot rows are copied bit-exactly) and its ``num_experts`` set to B, so transformers' own
   experts forward (eager / grouped_mm / batched_mm, per ``config._experts_implementation``) runs
@@ -20,7 +21,9 @@ What each layer mode becomes (E original experts, B kept slots, k active per tok
   ``condensed_weights``; the router is bypassed and no scaling factor is applied.
 - dropped (Layer Drop): the whole MLP sub-layer, shared experts included, returns zeros, so the
   residual stream passes through.
-- skip_blocks (Block Drop): the decoder layer returns its input unchanged.
+- skip_blocks (Block Drop): a ``SkippedBlock`` takes the decoder layer's place in the layer list
+  and returns its input unchanged. The layer itself is not touched (accelerate's device hooks,
+  which live on its instance, stay), and ``reset_plan`` puts it back.
 
 Conventions chosen here (and tested):
 - Expert groups (DeepSeek ``n_group``) after compression: a slot belongs to the group of its
@@ -32,21 +35,24 @@ Conventions chosen here (and tested):
   (as NAEE's released Mixtral code does: skip, then divide by the sum).
 - Block Drop with a KV cache: the skipped layer stores a one-channel zero placeholder of the new
   tokens in its cache slot, so ``cache.get_seq_length()`` (read from layer 0) stays right.
+- Stand-in modules (``DroppedMoE``, ``SkippedBlock``) keep the module they replace, unregistered,
+  in ``replaced``: its weights leave the model's parameters and state dict while the plan is on.
 
 Search runners swap plans without reloading: ``snap = snapshot_experts(model)`` once, then
 ``apply_plan(model, A)``, ``reset_plan(model, snap)``, ``apply_plan(model, B)``, ...
+``model.compression_plan`` is the plan installed now (None without one); ``reset_plan`` undoes
+exactly what that plan changed.
 """
 from __future__ import annotations
 
 import copy
-import types
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.compress.adapters import MoEAdapter, adapter_for, decoder_layers, expert_count, moe_block
+from harness.compress.adapters import ResolvedMoE, resolve
 from harness.compress.plan import CompressionPlan, LayerPlan, is_one_hot
 from harness.errors import HarnessError
 
@@ -54,34 +60,30 @@ from harness.errors import HarnessError
 # Validation: everything is checked before the first weight changes.
 
 
-def validate_plan_for_model(model, plan: CompressionPlan) -> MoEAdapter:
+def validate_plan_for_model(model, plan: CompressionPlan) -> ResolvedMoE:
     """Raise HarnessError naming the layer and the mismatch if ``plan`` does not fit ``model``."""
     if not isinstance(plan, CompressionPlan):
         raise HarnessError(f"apply_plan needs a CompressionPlan, got {type(plan).__name__}; load it with load_plan")
     if getattr(model, "compression_plan", None) is not None:
         raise HarnessError("the model already has a compression plan applied; call reset_plan(model, snapshot) first")
-    adapter = adapter_for(model)
-    config = model.config
-    layers = decoder_layers(model)
-    num_experts = expert_count(config)
-    if plan.num_layers != len(layers):
-        raise HarnessError(f"plan is for {plan.num_layers} decoder layers but the model has {len(layers)}")
-    if plan.num_experts != num_experts:
-        raise HarnessError(f"plan is for {plan.num_experts} experts per layer but the model has {num_experts}")
-    if plan.hidden_size is not None and plan.hidden_size != config.hidden_size:
-        raise HarnessError(f"plan is for hidden size {plan.hidden_size} but the model has {config.hidden_size}")
+    moe = resolve(model)
+    if plan.num_layers != moe.num_layers:
+        raise HarnessError(f"plan is for {plan.num_layers} decoder layers but the model has {moe.num_layers}")
+    if plan.num_experts != moe.num_experts:
+        raise HarnessError(f"plan is for {plan.num_experts} experts per layer but the model has {moe.num_experts}")
+    if plan.hidden_size is not None and plan.hidden_size != moe.hidden_size:
+        raise HarnessError(f"plan is for hidden size {plan.hidden_size} but the model has {moe.hidden_size}")
     # the plan's own checks: layer and skip_blocks indices, matrices, modes, top_k, skip threshold
-    plan.validate(num_layers=len(layers), num_experts=num_experts, hidden_size=config.hidden_size)
-    model_top_k = int(getattr(config, adapter.top_k_key))
+    plan.validate(num_layers=moe.num_layers, num_experts=moe.num_experts, hidden_size=moe.hidden_size)
     for index, layer_plan in sorted(plan.layers.items()):
-        if moe_block(adapter, layers[index]) is None:
+        if not moe.is_moe(index):
             raise HarnessError(f"plan layer {index}: decoder layer {index} of this model is dense (no experts); remove it from the plan")
-        slots = layer_plan.budget(num_experts)
-        if layer_plan.mode == "routed" and layer_plan.top_k is None and model_top_k > slots:
+        slots = layer_plan.budget(moe.num_experts)
+        if layer_plan.mode == "routed" and layer_plan.top_k is None and moe.top_k > slots:
             raise HarnessError(
-                f"plan layer {index}: keeps {slots} experts but the model routes to {model_top_k}; set top_k <= {slots}"
+                f"plan layer {index}: keeps {slots} experts but the model routes to {moe.top_k}; set top_k <= {slots}"
             )
-    return adapter
+    return moe
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,18 +132,19 @@ class RoutingRule:
     topk_group: int
 
     @classmethod
-    def of(cls, adapter: MoEAdapter, config, groups_kept: bool) -> "RoutingRule":
-        limited = groups_kept and adapter.group_limited(config)
+    def of(cls, moe: ResolvedMoE, groups_kept: bool) -> "RoutingRule":
+        adapter = moe.adapter
+        limited = groups_kept and moe.group_limited
         return cls(
             scoring=adapter.scoring,
             logits_in_fp32=adapter.logits_in_fp32,
-            renormalize=adapter.renormalizes(config),
+            renormalize=moe.renormalize,
             renormalize_eps=adapter.renormalize_eps,
             weights_in_logits_dtype=adapter.weights_in_logits_dtype,
-            scaling=adapter.scaling(config),
+            scaling=moe.scaling,
             group_rule=adapter.group_rule if limited else None,
-            n_group=int(getattr(config, "n_group", None) or 1) if limited else 1,
-            topk_group=int(getattr(config, "topk_group", None) or 1) if limited else 1,
+            n_group=moe.n_group if limited else 1,
+            topk_group=moe.topk_group if limited else 1,
         )
 
 
@@ -242,48 +245,70 @@ class CondensedRouter(nn.Module):
         return logits, weights, indices
 
 
+def _remember_replaced(stand_in: nn.Module, original: nn.Module) -> None:
+    """Keep the replaced module on the stand-in without registering it (no parameters, no state dict)."""
+    stand_in.__dict__["replaced"] = original
+
+
 class DroppedMoE(nn.Module):
     """Layer Drop: the MLP sub-layer (routed and shared experts) contributes nothing."""
+
+    def __init__(self, replaced: nn.Module):
+        super().__init__()
+        _remember_replaced(self, replaced)
 
     def forward(self, hidden_states, *args, **kwargs):
         return torch.zeros_like(hidden_states)
 
 
-def _skipped_block_forward(self, hidden_states, *args, past_key_values=None, **kwargs):
-    """Block Drop: return the input; keep the cache's length right with a tiny placeholder."""
-    if past_key_values is not None:
-        batch, tokens = hidden_states.shape[:2]
-        placeholder = hidden_states.new_zeros(batch, 1, tokens, 1)
-        past_key_values.update(placeholder, placeholder, self.self_attn.layer_idx)
-    return hidden_states
+class SkippedBlock(nn.Module):
+    """Block Drop: stands in the decoder-layer list for a skipped layer and returns its input.
+
+    The skipped layer is kept, untouched, in ``replaced`` for ``reset_plan`` (device hooks that
+    accelerate put on it stay). With a KV cache it stores a one-channel zero placeholder of the new
+    tokens in its cache slot, so ``cache.get_seq_length()`` (read from the first layer) stays right.
+    """
+
+    def __init__(self, replaced: nn.Module, layer_idx: int):
+        super().__init__()
+        _remember_replaced(self, replaced)
+        self.layer_idx = layer_idx
+        if hasattr(replaced, "attention_type"):  # read by some models' layer loops
+            self.attention_type = replaced.attention_type
+
+    def forward(self, hidden_states, *args, cache=None, past_key_values=None, **kwargs):
+        cache = cache if cache is not None else past_key_values  # transformers 5 passes ``cache``
+        if cache is not None:
+            batch, tokens = hidden_states.shape[:2]
+            placeholder = hidden_states.new_zeros(batch, 1, tokens, 1)
+            cache.update(placeholder, placeholder, self.layer_idx)
+        return hidden_states
 
 
 # ----------------------------------------------------------------------------------------------
 # Router choice per layer.
 
 
-def _slot_groups(adapter: MoEAdapter, config, lp: LayerPlan, num_experts: int) -> torch.Tensor:
+def _slot_groups(moe: ResolvedMoE, lp: LayerPlan) -> torch.Tensor:
     """The expert group of each slot: the group of its dominant original expert."""
     if lp.router is not None:
         dominant = lp.router.abs().argmax(dim=1)
     elif lp.merge is not None:
         dominant = lp.merge.abs().argmax(dim=1)
     else:
-        dominant = torch.arange(num_experts)
-    n_group = int(getattr(config, "n_group", None) or 1) if adapter.group_limited(config) else 1
-    return (dominant // (num_experts // n_group)).long()
+        dominant = torch.arange(moe.num_experts)
+    return (dominant // (moe.num_experts // moe.n_group)).long()
 
 
-def _groups_kept(adapter: MoEAdapter, config, slot_group: torch.Tensor) -> bool:
+def _groups_kept(moe: ResolvedMoE, slot_group: torch.Tensor) -> bool:
     """Group-limited selection survives only if every group holds the same number of slots."""
-    if not adapter.group_limited(config):
+    if not moe.group_limited:
         return False
-    n_group = int(config.n_group)
-    counts = torch.bincount(slot_group, minlength=n_group)
+    counts = torch.bincount(slot_group, minlength=moe.n_group)
     return bool((counts == counts[0]).all() and counts[0] > 0)
 
 
-def _kept_experts(adapter: MoEAdapter, config, lp: LayerPlan, num_experts: int) -> torch.Tensor | None:
+def _kept_experts(moe: ResolvedMoE, lp: LayerPlan) -> torch.Tensor | None:
     """The kept original experts when the layer is pure pruning with a sliceable router, else None.
 
     ``router=None`` means "slice the gate rows" by definition. A one-hot ``router`` equal to the
@@ -291,18 +316,18 @@ def _kept_experts(adapter: MoEAdapter, config, lp: LayerPlan, num_experts: int) 
     family renormalises the top-k or scores each expert on its own (sigmoid); for softmax without
     renormalisation the two differ by the softmax denominator, so a MappedRouter is used.
     """
-    merge = lp.merge if lp.merge is not None else torch.eye(num_experts)
+    merge = lp.merge if lp.merge is not None else torch.eye(moe.num_experts)
     if not is_one_hot(merge):
         return None
     if lp.router is not None:
         if not torch.equal(lp.router.to(merge.dtype), merge):
             return None
-        if not (adapter.scoring == "sigmoid" or adapter.renormalizes(config)):
+        if not (moe.adapter.scoring == "sigmoid" or moe.renormalize):
             return None
     return merge.argmax(dim=1)
 
 
-def native_router_settings(adapter: MoEAdapter, config, lp: LayerPlan, num_experts: int) -> dict | None:
+def native_router_settings(moe: ResolvedMoE, lp: LayerPlan) -> dict | None:
     """Router attributes for the family's own router class, or None when a MappedRouter is needed.
 
     The dict holds the attributes to set on a copy of the original router (``num_experts``,
@@ -310,27 +335,26 @@ def native_router_settings(adapter: MoEAdapter, config, lp: LayerPlan, num_exper
     """
     if lp.mode != "routed" or lp.skip_threshold is not None:
         return None
-    kept = _kept_experts(adapter, config, lp, num_experts)
+    kept = _kept_experts(moe, lp)
     if kept is None:
         return None
     slots = len(kept)
-    settings = dict(kept=kept, num_experts=slots, top_k=lp.top_k or int(getattr(config, adapter.top_k_key)))
-    if not adapter.group_limited(config):
+    settings = dict(kept=kept, num_experts=slots, top_k=lp.top_k or moe.top_k)
+    if not moe.group_limited:
         return settings
-    slot_group = _slot_groups(adapter, config, lp, num_experts)
-    per_group = slots // int(config.n_group)
-    if _groups_kept(adapter, config, slot_group):
+    adapter = moe.adapter
+    slot_group = _slot_groups(moe, lp)
+    per_group = slots // moe.n_group
+    if _groups_kept(moe, slot_group):
         in_group_order = bool((slot_group[1:] >= slot_group[:-1]).all())
         if not in_group_order or (adapter.group_rule == "top2_sum" and per_group < 2):
             return None
         return settings
-    # Groups cannot be kept: plain top-k over the slots, expressed in the family's own terms.
-    if adapter.group_rule == "max":
-        settings["topk_method"] = "greedy"
-    else:
-        if slots < 2:
-            return None
-        settings.update(num_group=1, topk_group=1)
+    # Groups cannot be kept: plain top-k over the slots, in the family's own terms (``groups_off``);
+    # top2_sum scores its single group by the best two slots, so it needs two.
+    if adapter.group_rule == "top2_sum" and slots < 2:
+        return None
+    settings.update(adapter.groups_off)
     return settings
 
 
@@ -339,100 +363,101 @@ def native_router_settings(adapter: MoEAdapter, config, lp: LayerPlan, num_exper
 
 
 def apply_plan(model, plan: CompressionPlan):
-    """Apply ``plan`` to ``model`` in place and return it (see the module docstring)."""
-    adapter = validate_plan_for_model(model, plan)
-    config = model.config
-    layers = decoder_layers(model)
-    num_experts = expert_count(config)
-    original_config = {
-        adapter.expert_count_key: getattr(config, adapter.expert_count_key),
-        adapter.top_k_key: getattr(config, adapter.top_k_key),
-    }
+    """Apply ``plan`` to ``model`` in place and return it (see the module docstring).
+
+    ``model.compression_plan`` is set once the plan is validated, before the first weight changes,
+    so a failure part-way leaves a model that ``reset_plan`` still undoes.
+    """
+    moe = validate_plan_for_model(model, plan)
+    layers = moe.layers
+    model.compression_plan = plan
+    model.compression_original_config = moe.config_values()
     with torch.no_grad():
         for index, lp in sorted(plan.layers.items()):
-            layer = layers[index]
+            block = moe.block(index)
             if lp.mode == "dropped":
-                setattr(layer, adapter.moe_attr, DroppedMoE())
+                setattr(layers[index], moe.adapter.moe_attr, DroppedMoE(block))
                 continue
-            _apply_to_block(adapter, config, moe_block(adapter, layer), lp, num_experts)
-    for index in plan.skip_blocks:
-        layers[index].forward = types.MethodType(_skipped_block_forward, layers[index])
-    _update_config_when_uniform(model, adapter)
-    model.compression_plan = plan
-    model.compression_original_config = original_config
+            _apply_to_block(moe, block, lp)
+    for index in sorted(set(plan.skip_blocks)):
+        layers[index] = SkippedBlock(layers[index], index)
+    _update_config_when_uniform(model, moe)
     return model
 
 
-def _apply_to_block(adapter: MoEAdapter, config, block, lp: LayerPlan, num_experts: int) -> None:
-    router = getattr(block, adapter.router_attr)
-    experts = getattr(block, adapter.experts_attr)
-    slots = lp.budget(num_experts)
+def _apply_to_block(moe: ResolvedMoE, block, lp: LayerPlan) -> None:
+    adapter = moe.adapter
+    router = moe.router(block)
+    experts = moe.experts(block)
     if lp.merge is not None:
         merge = lp.merge.to(torch.float32)
-        experts.gate_up_proj = nn.Parameter(merge_expert_tensor(experts.gate_up_proj, merge), requires_grad=False)
-        experts.down_proj = nn.Parameter(merge_expert_tensor(experts.down_proj, merge), requires_grad=False)
-        experts.num_experts = slots
+        for name in moe.expert_tensors:
+            merged = merge_expert_tensor(getattr(experts, name), merge)
+            setattr(experts, name, nn.Parameter(merged, requires_grad=False))
+        experts.num_experts = lp.budget(moe.num_experts)
     if lp.mode == "condensed":
         setattr(block, adapter.router_attr, CondensedRouter(lp.condensed_weights.to(router.weight.device), router.hidden_dim))
         return
-    settings = native_router_settings(adapter, config, lp, num_experts)
+    settings = native_router_settings(moe, lp)
     if settings is not None:
-        setattr(block, adapter.router_attr, _sliced_router(adapter, router, settings))
+        setattr(block, adapter.router_attr, _sliced_router(moe, router, settings))
         return
-    slot_group = _slot_groups(adapter, config, lp, num_experts)
-    rule = RoutingRule.of(adapter, config, groups_kept=_groups_kept(adapter, config, slot_group))
+    slot_group = _slot_groups(moe, lp)
+    rule = RoutingRule.of(moe, groups_kept=_groups_kept(moe, slot_group))
     weight = router.weight
     bias = getattr(router, adapter.correction_bias_attr) if adapter.correction_bias_attr else None
     if lp.router is not None:
         mapping = lp.router.detach().float()
     else:  # router=None keeps its meaning (slice the gate rows) even when a MappedRouter is needed
-        kept = (lp.merge if lp.merge is not None else torch.eye(num_experts)).argmax(dim=1).to(weight.device)
+        kept = (lp.merge if lp.merge is not None else torch.eye(moe.num_experts)).argmax(dim=1).to(weight.device)
         weight = nn.Parameter(weight.detach().index_select(0, kept), requires_grad=False)
         bias = bias.index_select(0, kept.to(bias.device)) if bias is not None else None
         mapping = torch.eye(len(kept))
-    top_k = lp.top_k or int(getattr(config, adapter.top_k_key))
+    top_k = lp.top_k or moe.top_k
     mapped = mapped_router_class(type(router))(weight, mapping, bias, slot_group, top_k, rule, lp.skip_threshold)
     setattr(block, adapter.router_attr, mapped)
 
 
-def _sliced_router(adapter: MoEAdapter, router: nn.Module, settings: dict) -> nn.Module:
+def _sliced_router(moe: ResolvedMoE, router: nn.Module, settings: dict) -> nn.Module:
     """A copy of the family's router with the kept experts' rows (the original stays untouched)."""
     sliced = copy.deepcopy(router)
     kept = settings["kept"].to(router.weight.device)
     sliced.weight = nn.Parameter(router.weight.detach().index_select(0, kept), requires_grad=False)
-    if adapter.correction_bias_attr:
-        bias = getattr(router, adapter.correction_bias_attr)
-        setattr(sliced, adapter.correction_bias_attr, bias.index_select(0, kept.to(bias.device)))
+    bias_attr = moe.adapter.correction_bias_attr
+    if bias_attr:
+        bias = getattr(router, bias_attr)
+        setattr(sliced, bias_attr, bias.index_select(0, kept.to(bias.device)))
     for name, value in settings.items():
         if name != "kept":
             setattr(sliced, name, value)
     return sliced
 
 
-def _update_config_when_uniform(model, adapter: MoEAdapter) -> None:
+def _update_config_when_uniform(model, moe: ResolvedMoE) -> None:
     """Expert count and top-k go into the config only when every routed MoE layer agrees."""
     counts, top_ks = set(), set()
-    for layer in decoder_layers(model):
-        block = moe_block(adapter, layer)
-        if block is None:
-            continue
-        router = getattr(block, adapter.router_attr)
+    for _, block in moe.blocks():
+        router = moe.router(block)
         if isinstance(router, CondensedRouter):
             continue
-        counts.add(getattr(block, adapter.experts_attr).num_experts)
+        counts.add(moe.experts(block).num_experts)
         top_ks.add(router.top_k)
     if len(counts) == 1:
-        setattr(model.config, adapter.expert_count_key, counts.pop())
+        setattr(model.config, moe.adapter.expert_count_key, counts.pop())
     if len(top_ks) == 1:
-        setattr(model.config, adapter.top_k_key, top_ks.pop())
+        setattr(model.config, moe.adapter.top_k_key, top_ks.pop())
 
 
 @dataclass
 class ExpertSnapshot:
-    """What ``reset_plan`` needs to restore the uncompressed model (see ``snapshot_experts``)."""
+    """What ``reset_plan`` needs to restore the uncompressed MoE layers (see ``snapshot_experts``).
+
+    ``layers``: MoE layer index -> its block, router, expert count and per-expert tensors by name.
+    """
 
     layers: dict[int, dict] = field(default_factory=dict)
     config_values: dict = field(default_factory=dict)
+    decoder_layers: object = field(default=None, repr=False)  # the layer list it was taken of
 
 
 def snapshot_experts(model, device: str | torch.device | None = None) -> ExpertSnapshot:
@@ -445,48 +470,52 @@ def snapshot_experts(model, device: str | torch.device | None = None) -> ExpertS
     """
     if getattr(model, "compression_plan", None) is not None:
         raise HarnessError("snapshot_experts needs the uncompressed model; it already has a plan applied")
-    adapter = adapter_for(model)
-    snapshot = ExpertSnapshot(
-        config_values={
-            key: getattr(model.config, key) for key in (adapter.expert_count_key, adapter.top_k_key)
-        }
-    )
-    for index, layer in enumerate(decoder_layers(model)):
-        block = moe_block(adapter, layer)
-        if block is None:
-            continue
-        experts = getattr(block, adapter.experts_attr)
-        tensors = {name: getattr(experts, name) for name in ("gate_up_proj", "down_proj")}
+    moe = resolve(model)
+    snapshot = ExpertSnapshot(config_values=moe.config_values(), decoder_layers=moe.layers)
+    for index, block in moe.blocks():
+        experts = moe.experts(block)
+        tensors = {name: getattr(experts, name) for name in moe.expert_tensors}
         if device is not None:
             tensors = {name: t.detach().to(device, copy=True) for name, t in tensors.items()}
         snapshot.layers[index] = dict(
-            block=block,
-            router=getattr(block, adapter.router_attr),
-            num_experts=experts.num_experts,
-            **tensors,
+            block=block, router=moe.router(block), num_experts=experts.num_experts, tensors=tensors
         )
     return snapshot
 
 
 def reset_plan(model, snapshot: ExpertSnapshot):
-    """Undo ``apply_plan``: put the snapshot's experts, routers and blocks back; return the model."""
-    adapter = adapter_for(model)
-    layers = decoder_layers(model)
-    for index, saved in snapshot.layers.items():
-        layer = layers[index]
+    """Undo ``apply_plan``: put back what the installed plan replaced; return the model.
+
+    Only what the plan changed is touched: its skipped blocks get their layers back from the
+    stand-ins, its MoE layers their blocks, routers and experts from ``snapshot``, the config its
+    expert count and top-k. Without a plan installed this changes nothing.
+    """
+    plan = getattr(model, "compression_plan", None)
+    if plan is None:
+        return model
+    moe = resolve(model)
+    if snapshot.decoder_layers is not None and snapshot.decoder_layers is not moe.layers:
+        raise HarnessError("reset_plan: the snapshot was taken of another model; take it with snapshot_experts(model)")
+    missing = sorted(set(plan.layers) - set(snapshot.layers))
+    if missing:
+        raise HarnessError(f"reset_plan: the snapshot has no MoE layers {missing}; take it before apply_plan")
+    layers = moe.layers
+    for index in plan.skip_blocks:
+        if isinstance(layers[index], SkippedBlock):
+            layers[index] = layers[index].replaced
+    adapter = moe.adapter
+    for index in plan.layers:
+        saved = snapshot.layers[index]
         block = saved["block"]
-        setattr(layer, adapter.moe_attr, block)
+        setattr(layers[index], adapter.moe_attr, block)
         setattr(block, adapter.router_attr, saved["router"])
-        experts = getattr(block, adapter.experts_attr)
+        experts = moe.experts(block)
         device = saved["router"].weight.device
-        for name in ("gate_up_proj", "down_proj"):
-            tensor = saved[name]
+        for name, tensor in saved["tensors"].items():
             if not isinstance(tensor, nn.Parameter):
                 tensor = nn.Parameter(tensor.to(device, copy=True), requires_grad=False)
             setattr(experts, name, tensor)
         experts.num_experts = saved["num_experts"]
-    for layer in layers:
-        layer.__dict__.pop("forward", None)
     for key, value in snapshot.config_values.items():
         setattr(model.config, key, value)
     model.compression_plan = None

@@ -13,15 +13,10 @@ from pathlib import Path
 
 import torch
 
+from harness.compress.adapters import ADAPTERS, ResolvedMoE, config_value
 from harness.compress.plan import CompressionPlan
 from harness.errors import HarnessError
 from harness.io import atomic_write
-
-# Config keys naming E, the routed experts per layer, by family (first present wins):
-# DeepSeek n_routed_experts; Mixtral num_local_experts; Qwen2/3-MoE and OLMoE num_experts.
-_EXPERT_COUNT_KEYS = ("n_routed_experts", "num_local_experts", "num_experts")
-# The per-expert intermediate size: moe_intermediate_size (Qwen-MoE, DeepSeek), else intermediate_size.
-_INTERMEDIATE_KEYS = ("moe_intermediate_size", "intermediate_size")
 
 
 @dataclass(frozen=True)
@@ -42,22 +37,8 @@ class ExpertShape:
         return self.moe_layers is None or layer in self.moe_layers
 
 
-def _config_value(config, key: str):
-    if isinstance(config, dict):
-        return config.get(key)
-    return getattr(config, key, None)
-
-
-def _first_value(config, keys: tuple[str, ...]):
-    for key in keys:
-        value = _config_value(config, key)
-        if value is not None:
-            return value
-    return None
-
-
 def _dtype_bytes(config) -> int | None:
-    name = _config_value(config, "dtype") or _config_value(config, "torch_dtype")
+    name = config_value(config, "dtype", None) or config_value(config, "torch_dtype", None)
     if name is None:
         return None
     dtype = name if isinstance(name, torch.dtype) else getattr(torch, str(name).replace("torch.", ""), None)
@@ -66,38 +47,25 @@ def _dtype_bytes(config) -> int | None:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def _moe_layers(config) -> tuple[int, ...] | None:
-    """Decoder layers with routed experts, where the config marks some as dense (DeepSeek, Qwen-MoE)."""
-    num_layers = _config_value(config, "num_hidden_layers")
-    if num_layers is None:
-        return None
-    first_dense = _config_value(config, "first_k_dense_replace")  # DeepSeek: the first k are dense
-    if first_dense:
-        return tuple(range(int(first_dense), num_layers))
-    dense = set(_config_value(config, "mlp_only_layers") or [])  # Qwen2/3-MoE
-    step = _config_value(config, "decoder_sparse_step") or 1
-    if dense or step > 1:
-        return tuple(i for i in range(num_layers) if i not in dense and (i + 1) % step == 0)
-    return None
-
-
 def expert_shape_from_config(config) -> ExpertShape:
     """The expert shape of a transformers config (object or config.json dict); HarnessError if unknown."""
-    num_experts = _first_value(config, _EXPERT_COUNT_KEYS)
-    hidden = _config_value(config, "hidden_size")
-    intermediate = _first_value(config, _INTERMEDIATE_KEYS)
-    if not (num_experts and hidden and intermediate):
-        model_type = _config_value(config, "model_type")
+    model_type = config_value(config, "model_type", None)
+    if model_type not in ADAPTERS:
         raise HarnessError(
-            f"cannot tell the expert size of a {model_type!r} config (need one of {', '.join(_EXPERT_COUNT_KEYS)}, "
-            "hidden_size and moe_intermediate_size or intermediate_size); pass expert_shape=ExpertShape(...)"
+            f"cannot tell the expert size of a {model_type!r} config (MoE families known: {', '.join(sorted(ADAPTERS))}); "
+            "pass expert_shape=ExpertShape(...)"
+        )
+    moe = ResolvedMoE.from_config(config)
+    if moe.intermediate_size is None:
+        raise HarnessError(
+            f"the {model_type!r} config has no {moe.adapter.intermediate_size_key!r}; pass expert_shape=ExpertShape(...)"
         )
     return ExpertShape(
-        num_experts=int(num_experts),
-        hidden_size=int(hidden),
-        intermediate_size=int(intermediate),
+        num_experts=moe.num_experts,
+        hidden_size=moe.hidden_size,
+        intermediate_size=moe.intermediate_size,
         bytes_per_param=_dtype_bytes(config) or 2,
-        moe_layers=_moe_layers(config),
+        moe_layers=None if len(moe.moe_layers) == moe.num_layers else moe.moe_layers,
     )
 
 
@@ -149,8 +117,9 @@ def describe_plan(plan: CompressionPlan, model_config=None, expert_shape: Expert
             f"the plan has {plan.num_experts} experts per layer but the model config has {shape.num_experts}; "
             "describe it with the config of the model it was made for"
         )
-    default_top_k = _config_value(model_config, "num_experts_per_tok") if model_config is not None else None
-    default_top_k = default_top_k if default_top_k is not None else "model"
+    default_top_k = "model"
+    if model_config is not None and config_value(model_config, "model_type", None) in ADAPTERS:
+        default_top_k = ResolvedMoE.from_config(model_config).top_k
     from tabulate import tabulate
 
     rows, kept_params, all_params = [], 0, 0

@@ -28,16 +28,13 @@ from pathlib import Path
 
 import torch
 
-from harness.compress.adapters import adapter_for, decoder_layers, moe_block
+from harness.compress.adapters import resolve
 from harness.compress.apply import apply_plan, native_router_settings
 from harness.compress.plan import CompressionPlan, LayerPlan
 from harness.errors import HarnessError
 
 PLAN_FILE = "compression_plan.safetensors"
 STATE_FILE = "compressed_model.safetensors"
-
-# Router attribute -> config key, for the DeepSeek group settings a plain checkpoint must carry.
-_ROUTER_SETTING_CONFIG_KEYS = {"topk_method": "topk_method", "num_group": "n_group", "topk_group": "topk_group"}
 
 
 @dataclass(frozen=True)
@@ -56,26 +53,21 @@ def plain_config_updates(model, plan: CompressionPlan) -> dict | None:
     """Config changes that make ``plan`` an ordinary smaller checkpoint, or None if it is not one."""
     if plan.skip_blocks:
         return None
-    adapter = adapter_for(model)
-    config = model.config
-    num_experts = plan.num_experts
+    moe = resolve(model)
     seen = set()
-    for index, layer in enumerate(decoder_layers(model)):
-        if moe_block(adapter, layer) is None:
-            if index in plan.layers:  # a dropped layer no longer has its MoE block
-                return None
-            continue
-        lp = plan.layers.get(index, LayerPlan())
-        settings = native_router_settings(adapter, config, lp, num_experts)
-        if settings is None:
+    for index in moe.moe_layers:
+        settings = native_router_settings(moe, plan.layers.get(index, LayerPlan()))
+        if settings is None:  # merging, mapping, skipping, condensed or dropped
             return None
         seen.add(tuple(sorted((k, v) for k, v in settings.items() if k != "kept")))
     if len(seen) != 1:
         return None
     settings = dict(seen.pop())
+    adapter = moe.adapter
     updates = {adapter.expert_count_key: settings.pop("num_experts"), adapter.top_k_key: settings.pop("top_k")}
+    config_keys = dict(adapter.group_router_keys)  # router attribute -> config key
     for name, value in settings.items():
-        updates[_ROUTER_SETTING_CONFIG_KEYS[name]] = value
+        updates[config_keys[name]] = value
     return updates
 
 
@@ -134,8 +126,9 @@ def _atomic_dir(out_dir: Path, write) -> None:
 
 
 def _original_config(model):
+    """The model's config as before the plan (apply_plan rewrites expert count and top-k)."""
     config = copy.deepcopy(model.config)
-    for key, value in (getattr(model, "compression_original_config", None) or {}).items():
+    for key, value in resolve(model).config_values().items():
         setattr(config, key, value)
     return config
 
