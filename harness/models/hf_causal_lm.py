@@ -1,4 +1,4 @@
-"""A Hugging Face causal LM behind the three operations the inferencers need.
+"""A Hugging Face causal LM as a backend of the model API (``harness/models/api.py``).
 
 - ``score``: log-likelihood of token positions of several sequences that share a prefix. The
   shared prefix (an item's context, common to all its labels) runs through the model once: packed
@@ -6,24 +6,26 @@
   attention implementation takes no custom mask, first alone and then with the suffixes on its KV
   cache. Continuation-only log-likelihood and whole-sequence average perplexity are both sums over
   a chosen range of these positions.
+- ``score_rolling``: the same scoring over the rolling windows of a long text.
 - ``generate``: batched, left-padded, left-truncated generation with stop strings.
-- ``encode``: the tokenisation both of them use (special tokens added, as the model expects).
+- ``encode``: the tokenisation all of them use (special tokens added, as the model expects).
 
-Batches that run out of accelerator memory are halved and retried; the size that fits is kept.
+Batching is the ``Collator``'s: longest first, halved on out-of-memory, the size that fits kept.
 """
 from __future__ import annotations
 
 import copy
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from harness.errors import HarnessError
+from harness.models.api import GenerationRequest, OnBatch, RollingRequest, Score, ScoreRequest, rolling_windows
+from harness.models.collator import Collator
 from harness.models.packed_scoring import Unit, pack, packing_supported
 from harness.registry import MODELS
 
@@ -41,24 +43,6 @@ _DTYPES = {
 
 # device_map values that spread a model over devices (others name one device, e.g. "cuda:0")
 SPREADING_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
-
-
-@dataclass
-class ScoreRequest:
-    """One sequence to score: token ids, and the first position whose token is scored (>= 1)."""
-
-    tokens: list[int]
-    score_from: int
-
-
-@dataclass
-class Score:
-    """Sum of log-probabilities of the scored tokens, how many there were, and whether each
-    scored token was the model's greedy choice."""
-
-    logprob: float
-    num_tokens: int
-    is_greedy: bool
 
 
 def resolve_dtype(dtype: str | torch.dtype | None):
@@ -101,7 +85,7 @@ class HFCausalLM:
     ):
         self.path = str(path)
         self.abbr = abbr or Path(self.path.rstrip("/")).name
-        self.batch_size = int(batch_size)
+        self.collator = Collator(batch_size)  # shared by scoring and generation: one size that fits
         self.max_seq_len = int(max_seq_len)
         self.max_out_len = int(max_out_len)
         self.meta_template = meta_template
@@ -124,9 +108,30 @@ class HFCausalLM:
         if warning:
             log.warning(warning)
         self.pad_token_id = self._pad_token_id(pad_token_id)
-        # What a cached prediction depends on; a compression plan adds itself here when applied.
-        self.identity = {"path": self.path, "dtype": str(dtype), "max_seq_len": self.max_seq_len,
-                         "add_special_tokens": self.add_special_tokens}
+        self._base_identity = {"path": self.path, "dtype": str(dtype), "max_seq_len": self.max_seq_len,
+                               "add_special_tokens": self.add_special_tokens}
+
+    @property
+    def identity(self) -> dict:
+        """What a cached prediction depends on: the weights and tokenisation, and the content of
+        the compression plan installed on the model right now (none after ``reset_plan``)."""
+        plan = getattr(self.model, "compression_plan", None)
+        return {**self._base_identity, "plan": None if plan is None else plan.fingerprint()}
+
+    @property
+    def batch_size(self) -> int:
+        """The batch size in use: the configured one, or the smaller one that fit in memory."""
+        return self.collator.current()
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self.collator = Collator(value)
+
+    @property
+    def prefix_token_id(self) -> int:
+        """What a context-free continuation is conditioned on: end-of-text (lm-eval's rule)."""
+        eos = self.tokenizer.eos_token_id
+        return int(eos) if eos is not None else self.pad_token_id
 
     # ------------------------------------------------------------------ loading
     def _load_tokenizer(self, path: str, kwargs: dict):
@@ -180,10 +185,44 @@ class HFCausalLM:
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def score(self, groups: list[list[ScoreRequest]]) -> list[list[Score]]:
+    def score(self, groups: list[list[ScoreRequest]], on_batch: OnBatch | None = None,
+              batch_size: int | None = None) -> list[list[Score]]:
         """Score every request; the requests of one group share their longest common prefix."""
         prepared = [self._truncate_group(group) for group in groups]
-        return self._in_batches(prepared, self._score_batch)
+        lengths = [max(len(r.tokens) for r in group) for group in prepared]
+        return self.collator.run(prepared, lengths, self._score_batch, on_batch, batch_size)
+
+    @torch.no_grad()
+    def score_rolling(self, requests: list[RollingRequest], stride: int | None = None,
+                      on_batch: OnBatch | None = None, batch_size: int | None = None) -> list[Score]:
+        """Log-likelihood of every token of each text, over windows of ``max_seq_len`` tokens
+        (``api.rolling_windows``); ``on_batch`` hears of a text once all its windows are scored."""
+        windows, owner = [], []
+        for i, request in enumerate(requests):
+            for window in rolling_windows(request.tokens, self.max_seq_len, self.prefix_token_id, stride):
+                windows.append([window])
+                owner.append(i)
+        remaining = [0] * len(requests)
+        for i in owner:
+            remaining[i] += 1
+        totals = [[0.0, 0, True] for _ in requests]
+
+        def window_done(positions: list[int], scores: list) -> None:
+            finished = []
+            for k, [score] in zip(positions, scores):
+                i = owner[k]
+                totals[i][0] += score.logprob
+                totals[i][1] += score.num_tokens
+                totals[i][2] = totals[i][2] and score.is_greedy
+                remaining[i] -= 1
+                if remaining[i] == 0:
+                    finished.append(i)
+            if on_batch is not None and finished:
+                on_batch(finished, [Score(*totals[i]) for i in finished])
+
+        lengths = [len(w[0].tokens) for w in windows]
+        self.collator.run(windows, lengths, self._score_batch, window_done, batch_size)
+        return [Score(*t) for t in totals]
 
     def _truncate_group(self, group: list[ScoreRequest]) -> list[ScoreRequest]:
         """Cut the same number of leading tokens from every request so the longest fits."""
@@ -337,57 +376,48 @@ class HFCausalLM:
         return self.tokenizer(text, truncation=True, max_length=budget,
                               add_special_tokens=self.add_special_tokens)["input_ids"]
 
+    def generation_request(self, prompt: str | list[int], max_out_len: int | None = None,
+                           stop_strings: Sequence[str] | None = None, min_out_len: int | None = None,
+                           **generation_kwargs) -> GenerationRequest:
+        """A request with this model's defaults for what the caller leaves out."""
+        max_out_len = int(max_out_len or self.max_out_len)
+        tokens = prompt if isinstance(prompt, list) else self.encode_prompt(prompt, max_out_len)
+        stops = tuple(self.stop_strings if stop_strings is None else stop_strings)
+        return GenerationRequest(list(tokens), max_out_len, stops, min_out_len, dict(generation_kwargs))
+
     @torch.no_grad()
     def generate(
         self,
-        prompts: list[str] | list[list[int]],
+        requests: Sequence[GenerationRequest] | Sequence[str] | Sequence[list[int]],
         max_out_len: int | None = None,
         stop_strings: Sequence[str] | None = None,
         min_out_len: int | None = None,
+        on_batch: OnBatch | None = None,
+        batch_size: int | None = None,
         **generation_kwargs,
     ) -> list[str]:
-        """Generate a continuation for each prompt (text, or tokens from ``encode_prompt``);
-        greedy unless ``do_sample=True`` is given."""
-        max_out_len = int(max_out_len or self.max_out_len)
-        stops = list(self.stop_strings if stop_strings is None else stop_strings)
-        kwargs = {"do_sample": False, **self.generation_kwargs, **generation_kwargs}
-        if min_out_len:
-            kwargs["min_new_tokens"] = int(min_out_len)
+        """A continuation per request; greedy unless ``do_sample=True`` is given. Plain prompts
+        (texts, or tokens from ``encode_prompt``) become requests with the other arguments."""
+        requests = [r if isinstance(r, GenerationRequest) else
+                    self.generation_request(r, max_out_len, stop_strings, min_out_len, **generation_kwargs)
+                    for r in requests]
+        return self.collator.run(requests, [len(r.tokens) for r in requests], self._generate_batch,
+                                 on_batch, batch_size, same_batch=GenerationRequest.settings_key)
 
-        def run(batch: list) -> list[str]:
-            tokens = [p if isinstance(p, list) else self.encode_prompt(p, max_out_len) for p in batch]
-            ids, mask = _left_pad(tokens, self.pad_token_id, self.device)
-            criteria = [StopOnStrings(self.tokenizer, stops, ids.shape[1])] if stops else []
-            out = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_out_len, pad_token_id=self.pad_token_id,
-                stopping_criteria=StoppingCriteriaList(criteria), **kwargs,
-            )
-            texts = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-            return [cut_at_stop_strings(t, stops) for t in texts]
-
-        return self._in_batches(list(prompts), run)
-
-    # ------------------------------------------------------------------ batching
-    def _in_batches(self, items: list, run: Callable[[list], list]) -> list:
-        """Run ``items`` in batches of ``self.batch_size``; halve the size on out-of-memory."""
-        results: list = []
-        start = 0
-        while start < len(items):
-            batch = items[start : start + self.batch_size]
-            try:
-                results.extend(run(batch))
-            except torch.OutOfMemoryError:
-                if self.batch_size == 1:
-                    raise HarnessError(
-                        "out of memory with batch size 1; lower max_seq_len or use more devices (device_map='auto')"
-                    ) from None
-                self.batch_size = max(1, self.batch_size // 2)
-                log.warning("out of memory: batch size lowered to %d", self.batch_size)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            start += len(batch)
-        return results
+    def _generate_batch(self, batch: list[GenerationRequest]) -> list[str]:
+        first = batch[0]  # the collator batches only requests with the same settings
+        kwargs = {"do_sample": False, **self.generation_kwargs, **first.generation_kwargs}
+        if first.min_out_len:
+            kwargs["min_new_tokens"] = int(first.min_out_len)
+        stops = list(first.stop_strings)
+        ids, mask = _left_pad([r.tokens for r in batch], self.pad_token_id, self.device)
+        criteria = [StopOnStrings(self.tokenizer, stops, ids.shape[1])] if stops else []
+        out = self.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=first.max_out_len, pad_token_id=self.pad_token_id,
+            stopping_criteria=StoppingCriteriaList(criteria), **kwargs,
+        )
+        texts = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        return [cut_at_stop_strings(t, stops) for t in texts]
 
 
 class StopOnStrings(StoppingCriteria):
