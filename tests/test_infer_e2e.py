@@ -129,17 +129,17 @@ def test_perfect_and_wrong_answers_score_100_and_0(tmp_path, tiny_mixtral_path, 
         qas = [qa for article in data["data"] for p in article["paragraphs"] for qa in p["qas"]][:16]
         answers = {qa["question"]: qa["answers"][0]["text"] for qa in qas}
 
-    def oracle(self, prompts, **kwargs):
-        # prompts arrive as (left-truncated) tokens: match on the end of each question
-        texts = [self.tokenizer.decode(p) for p in prompts]
+    def oracle(self, batch):
+        # one batch of generation requests, prompts as (left-truncated) tokens: match on the end of each question
+        texts = [self.tokenizer.decode(r.tokens) for r in batch]
         return [next(a for q, a in answers.items() if q[-40:] in t) for t in texts]
 
-    monkeypatch.setattr(HFCausalLM, "generate", oracle)
+    monkeypatch.setattr(HFCausalLM, "_generate_batch", oracle)
     cfg = write_config(tmp_path, config)
     assert run_infer(cfg, tiny_mixtral_path, tmp_path / "right", shared_dir) == 0
     assert read_json(tmp_path / "right/results/tiny-mixtral" / f"{abbr}.json")[metric] == 100.0
 
-    monkeypatch.setattr(HFCausalLM, "generate", lambda self, prompts, **kw: ["zzz qqq"] * len(prompts))
+    monkeypatch.setattr(HFCausalLM, "_generate_batch", lambda self, batch: ["zzz qqq"] * len(batch))
     assert run_infer(cfg, tiny_mixtral_path, tmp_path / "wrong", shared_dir) == 0
     assert read_json(tmp_path / "wrong/results/tiny-mixtral" / f"{abbr}.json")[metric] == 0.0
 
@@ -170,16 +170,16 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, tiny_mixtral_path
     clean = tmp_path / "clean"
     assert run_infer(cfg, tiny_mixtral_path, clean, shared_dir, "--batch_size", "4") == 0
 
-    real_generate = HFCausalLM.generate
+    real_generate = HFCausalLM._generate_batch  # one batch of generation requests
     calls = []
 
-    def dies_after_two_batches(self, prompts, **kwargs):
+    def dies_after_two_batches(self, batch):
         if len(calls) == 2:
             raise KeyboardInterrupt
-        calls.append([tuple(p) for p in prompts])
-        return real_generate(self, prompts, **kwargs)
+        calls.append([tuple(r.tokens) for r in batch])
+        return real_generate(self, batch)
 
-    monkeypatch.setattr(HFCausalLM, "generate", dies_after_two_batches)
+    monkeypatch.setattr(HFCausalLM, "_generate_batch", dies_after_two_batches)
     work = tmp_path / "work"
     assert run_infer(cfg, tiny_mixtral_path, work, shared_dir, "--batch_size", "4") == 130
     partial = work / "predictions" / "tiny-mixtral" / "boolq_gen.partial.jsonl"
@@ -188,7 +188,7 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, tiny_mixtral_path
 
     done = {p for batch in calls for p in batch}
     calls.clear()
-    monkeypatch.setattr(HFCausalLM, "generate", lambda self, prompts, **kw: calls.append([tuple(p) for p in prompts]) or real_generate(self, prompts, **kw))
+    monkeypatch.setattr(HFCausalLM, "_generate_batch", lambda self, batch: calls.append([tuple(r.tokens) for r in batch]) or real_generate(self, batch))
     assert run_infer(cfg, tiny_mixtral_path, work, shared_dir, "--batch_size", "4") == 0
     redone = [p for batch in calls for p in batch]
     assert len(redone) == 12 and not done & set(redone)
@@ -299,6 +299,6 @@ def test_summary_shows_repeated_runs_as_mean_and_std(tmp_path, capsys):
     capsys.readouterr()
     assert summarize.main([str(tmp_path / "full"), str(tmp_path / "random"), "--format", "csv"]) == 0
     out, err = capsys.readouterr()
-    assert out.splitlines() == ["dataset,metric,full,random", "sort,accuracy,90.00,40.00 ± 5.50 (3 runs)",
-                                "average,,90.00,40.00"]
+    # one dataset: no average row
+    assert out.splitlines() == ["dataset,metric,full,random", "sort,accuracy,90.00,40.00 ± 5.50 (3 runs)"]
     assert err == ""  # a spread only repeated runs have is not a missing result

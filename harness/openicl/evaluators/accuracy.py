@@ -14,6 +14,11 @@ class AccEvaluator:
         hits = [float(str(pred) == str(ref)) for pred, ref in zip(predictions, references)]
         return {"accuracy": percentage(hits)}
 
+    def details(self, predictions: list, references: list) -> list[dict]:
+        """Per item: what was compared and whether it counted (saved beside the predictions)."""
+        return [{"prediction": pred, "reference": ref, "correct": str(pred) == str(ref)}
+                for pred, ref in zip(predictions, references)]
+
 
 def numbers_agree(prediction, reference) -> bool:
     """Equal strings, or equal numbers within 1e-6; anything that is not a number is simply wrong."""
@@ -33,3 +38,7 @@ class Gsm8kEvaluator:
         check_inputs("Gsm8kEvaluator", predictions, references)
         hits = [float(numbers_agree(pred, ref)) for pred, ref in zip(predictions, references)]
         return {"accuracy": percentage(hits)}
+
+    def details(self, predictions: list, references: list) -> list[dict]:
+        return [{"prediction": pred, "reference": ref, "correct": numbers_agree(pred, ref)}
+                for pred, ref in zip(predictions, references)]

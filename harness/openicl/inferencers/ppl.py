@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from harness.errors import HarnessError
 from harness.io import PredictionStore
-from harness.models.hf_causal_lm import ScoreRequest
-from harness.openicl.inferencers.base import fingerprint, run_sorted_batches
+from harness.models.api import ScoreRequest
+from harness.openicl.inferencers.base import Inferencer, PromptInputs, fingerprint, progress
+from harness.openicl.prompt_template import fill_text
 from harness.registry import INFERENCERS
 
 MODES = ("loglikelihood", "ppl")
@@ -39,9 +40,27 @@ def split_trailing_space(context: str, continuation: str) -> tuple[str, str]:
     return stripped, context[len(stripped) :] + continuation
 
 
+def split_at_shared_prefix(texts: list[str]) -> tuple[str, list[str]]:
+    """(shared context, per-text continuation) of whole label prompts: the context is their common
+    prefix, cut back to the last whitespace unless it already ends at a word boundary, so every
+    continuation is non-empty and starts at a word (" yes" / " no"). Texts that share no word keep
+    an empty context (the whole prompt is scored)."""
+    if len(texts) < 2:
+        return "", list(texts)
+    first, last = min(texts), max(texts)  # the common prefix of all is that of the extremes
+    n = 0
+    while n < len(first) and first[n] == last[n]:
+        n += 1
+    at_boundary = n > 0 and all(len(t) > n for t in texts) and (
+        first[n - 1].isspace() or all(t[n].isspace() for t in texts))
+    if not at_boundary:
+        n = max(0, max(first.rfind(" ", 0, n), first.rfind("\n", 0, n)))
+    return texts[0][:n], [t[n:] for t in texts]
+
+
 @INFERENCERS.register_module(name="PPLInferencer")
-class PPLInferencer:
-    """Scores label candidates; see the module docstring for the two modes."""
+class PPLInferencer(Inferencer):
+    """Scores label candidates; see the module docstring for the two modes and where choices come from."""
 
     def __init__(
         self,
@@ -53,13 +72,73 @@ class PPLInferencer:
     ):
         if mode not in MODES:
             raise HarnessError(f"PPLInferencer mode {mode!r} is not one of {MODES}")
+        super().__init__(batch_size)
         self.mode = mode
         self.labels = labels
         # dict label -> continuation template, or the name of a column holding a list of choices
         self.continuations = continuations
-        self.choice_template = choice_template  # how a choice of such a column is written, e.g. " {choice}"
-        self.batch_size = batch_size
-        self._encoded: tuple | None = None  # (key, requests): items are tokenised once
+        self.choice_template = choice_template  # how a choice of such a column is written, e.g. " {choice}\n"
+
+    # ------------------------------------------------------------------ items
+    def build_items(self, inputs: PromptInputs) -> list[list[Choice]]:
+        """Every item's choices; an item without choices is an error."""
+        items = [self.choices(inputs, row, raw, examples)
+                 for row, raw, examples in zip(inputs.rows, inputs.raw_rows, inputs.examples)]
+        if items and not items[0]:
+            raise HarnessError(f"dataset {inputs.abbr}: the first item has no choices")
+        return items
+
+    def choices(self, inputs: PromptInputs, row: dict, raw_row: dict, examples: list) -> list[Choice]:
+        template = inputs.template
+        if template.labels is not None:  # OpenCompass style: one full template per label
+            labels = self.labels or template.labels
+            return self._label_choices(inputs, labels, row, examples)
+        context = inputs.render(template.render(row, examples), "gen")
+        spec = self.continuations
+        if isinstance(spec, str):  # a column holding the list of choice texts; labels are positions
+            if not isinstance(raw_row.get(spec), (list, tuple)):
+                raise HarnessError(f"dataset {inputs.abbr}: PPLInferencer.continuations column {spec!r} must hold a list")
+            return [Choice(i, context, self.choice_template.replace("{choice}", str(text)))
+                    for i, text in enumerate(raw_row[spec])]
+        if isinstance(spec, dict):
+            labels = self.labels or list(spec)
+            return [Choice(label, context, fill_text(spec[label], row)) for label in labels]
+        raise HarnessError(
+            f"dataset {inputs.abbr}: a PPL config needs a per-label template or PPLInferencer.continuations"
+        )
+
+    def _label_choices(self, inputs: PromptInputs, labels: list, row: dict, examples: list) -> list[Choice]:
+        """Split each label's prompt into a context and the scored continuation.
+
+        - A label may give both parts itself, ``dict(context=..., continuation=...)`` (WinoGrande's
+          partial scoring: each option closes its own context, the same rest of the sentence is scored).
+        - A round template's context is what generation would see (up to the answer turn); the rest
+          of the rendered label prompt is the continuation.
+        - A plain-string template has no answer turn: the context is the prefix all labels' prompts
+          share (cut back to a word), the continuation the rest (``split_at_shared_prefix``).
+        """
+        template = inputs.template
+        choices: list[Choice | None] = [None] * len(labels)
+        whole: dict[int, str] = {}  # plain-string labels: the whole rendered prompt
+        for k, label in enumerate(labels):
+            spec = template.template[label]
+            if isinstance(spec, dict) and "context" in spec:
+                context = template.render(row, examples, label=None, template=spec["context"])
+                choices[k] = Choice(label, inputs.render(context, "gen"), fill_text(spec.get("continuation", ""), row))
+                continue
+            filled = template.render(row, examples, label=label)
+            full = inputs.render(filled, "ppl")
+            if isinstance(filled, list):
+                context = inputs.render(filled, "gen")
+                if full.startswith(context):
+                    choices[k] = Choice(label, context, full[len(context):])
+                    continue
+            whole[k] = full
+        if whole:
+            context, tails = split_at_shared_prefix(list(whole.values()))
+            for k, tail in zip(whole, tails):
+                choices[k] = Choice(labels[k], context, tail)
+        return choices
 
     # ------------------------------------------------------------------ requests
     def requests(self, model, choices: list[Choice]) -> list[ScoreRequest]:
@@ -74,30 +153,24 @@ class PPLInferencer:
             context_tokens = model.encode(context)
             whole = model.encode(context + continuation)
             if not context_tokens:  # nothing to condition on: start from the end-of-text token, as lm-eval
-                start = model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else model.pad_token_id
+                start = model.prefix_token_id
                 context_tokens, whole = [start], [start] + whole
             if len(whole) <= len(context_tokens):
                 raise HarnessError(f"label {choice.label!r}: the continuation {continuation!r} encodes to no tokens")
             out.append(ScoreRequest(whole, max(1, len(context_tokens))))
         return out
 
-    def run_fingerprint(self, model, items: list[list[Choice]]) -> str:
+    def fingerprint(self, model, items: list[list[Choice]]) -> str:
         flat = [[(str(c.label), c.context, c.continuation) for c in item] for item in items]
         return fingerprint("ppl", self.mode, model.identity, flat)
 
     # ------------------------------------------------------------------ inference
     def infer(self, model, items: list[list[Choice]], store: PredictionStore, desc: str = "", select=None) -> None:
-        key = (id(items), len(items), id(model.tokenizer), model.max_seq_len)
-        if self._encoded is None or self._encoded[0] != key:
-            self._encoded = (key, [self.requests(model, item) for item in items])
-        requests = self._encoded[1]
-        lengths = [max(len(r.tokens) for r in group) for group in requests]
-
-        def run_batch(positions: list[int]) -> dict[int, dict]:
-            scores = model.score([requests[i] for i in positions])
-            return {i: self.record(items[i], s) for i, s in zip(positions, scores)}
-
-        run_sorted_batches(lengths, self.batch_size or model.batch_size, run_batch, store, desc, select)
+        requests = self.cached_requests(model, items, lambda item: self.requests(model, item), self.mode)
+        todo, total = self.unfinished([max(len(r.tokens) for r in group) for group in requests], store, select)
+        on_batch, bar = progress(store, todo, total, desc, lambda i, scores: self.record(items[i], scores))
+        with bar:
+            model.score([requests[i] for i in todo], on_batch=on_batch, batch_size=self.batch_size)
 
     def record(self, choices: list[Choice], scores) -> dict:
         """The prediction record of one item: every label's score and the chosen label."""
