@@ -1,7 +1,9 @@
-"""What every entry point shares: one-line errors, the log file, the resolved config, the plan hook."""
+"""What every entry point shares: one-line errors, the log file, the resolved config, the plan hook.
+
+The run setup of tasks that load a model (arguments, configs, tasks, model) is ``harness/run.py``.
+"""
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 import time
@@ -12,24 +14,6 @@ from harness.errors import HarnessError
 from harness.io import atomic_write_text
 
 log = logging.getLogger("harness")
-
-
-def add_run_arguments(parser, config_help: str = "dataset config file (may also define `models`)") -> None:
-    """The arguments every model-running task takes: config, model, work dir, data root, batch size."""
-    parser.add_argument("config", help=config_help)
-    parser.add_argument("--model_path", help="model folder or hub id; replaces the config's model path")
-    parser.add_argument("--model_cfg", help="model config file whose `models` replace the dataset config's")
-    parser.add_argument("--work_dir", required=True, help="output folder")
-    parser.add_argument("--data_root", help="replaces the ./data prefix of the configs' data paths")
-    parser.add_argument("--batch_size", type=int, help="override the model's batch size")
-
-
-def run_model_config(args, cfg) -> dict:
-    """The model config of a run: from --model_cfg's file or the dataset config, with CLI overrides."""
-    from harness.config import load_config, model_config
-
-    source = load_config(args.model_cfg) if args.model_cfg else cfg
-    return model_config(source, args.model_path, args.batch_size)
 
 
 def main_guard(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
@@ -82,14 +66,5 @@ def apply_compression(model, coeff_path: str | None) -> None:
     except ImportError as exc:
         raise HarnessError(f"--coeff_path is not supported yet in this installation ({exc})") from None
     plan = load_plan_for_config(coeff_path, model.model.config)
-    apply_plan(model.model, plan)
-    digest = record_plan_identity(model, coeff_path)
-    log.info("applied compression plan %s (sha256 %s)", coeff_path, digest)
-
-
-def record_plan_identity(model, plan_file: str | Path) -> str:
-    """Make the applied plan file part of the model's identity (cached predictions depend on it);
-    returns the file's short sha256."""
-    digest = hashlib.sha256(Path(plan_file).read_bytes()).hexdigest()[:16]
-    model.identity["plan"] = digest
-    return digest
+    apply_plan(model.model, plan)  # the model's identity (resume fingerprints) follows the installed plan
+    log.info("applied compression plan %s (fingerprint %s)", coeff_path, plan.fingerprint())

@@ -24,6 +24,9 @@ EVALUATORS = Registry("evaluator", scope="harness")
 RETRIEVERS = Registry("retriever", scope="harness")
 INFERENCERS = Registry("inferencer", scope="harness")
 MODELS = Registry("model", scope="harness")
+# class Method with .build(MethodInputs) -> CompressionPlan (harness/methods/base.py)
+METHODS = Registry("compression method", scope="harness")
+# fn(space, settings, ledger, fitness, on_result) -> {slot: record} (harness/search/__init__.py)
 SEARCHES = Registry("search", scope="harness")
 
 
@@ -66,7 +69,7 @@ def _import_builtin_components() -> None:
 
     import harness
 
-    for package in ("harness.datasets", "harness.openicl", "harness.models"):
+    for package in ("harness.datasets", "harness.openicl", "harness.models", "harness.methods", "harness.search"):
         try:
             module = importlib.import_module(package)
         except ModuleNotFoundError:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from harness.compress import load_plan
-from harness.search.baselines import routing_counts, top_experts
+from harness.methods.calibration import calibrate
+from harness.methods.frequency import top_experts
 from harness.search.evolution import EvolutionConfig, propose, random_pruning, run_evolution
 from harness.search.fitness import PlanEvaluator
 from harness.search.ledger import Ledger
@@ -151,7 +152,15 @@ def test_search_runner_end_to_end_and_resume(tmp_path, tiny_mixtral_path, monkey
         assert (work / name).is_file(), name
     assert len(list((work / "search" / "evals").glob("*.json"))) == 12
     plan = load_plan(work / "best_plan.safetensors")
-    assert plan.uniform_budget == 4 if plan.is_pure_pruning else all(lp.merge.shape == (4, 8) for lp in plan.layers.values())
+    # the saved plan is the chosen slot's candidate, with that slot's train fitness
+    slot = plan.metadata["slot"]
+    record = json.loads((work / "search" / "evals" / f"{slot:06d}.json").read_text())
+    assert plan.metadata["train_fitness"] == record["fitness"]
+    space = PlanSpace.for_model(sorted(plan.layers), plan.num_layers, 8, 4, "layer")
+    expected = space.to_plan(Candidate.from_dict(record["candidate"]))
+    for layer, lp in plan.layers.items():
+        assert torch.equal(lp.merge, expected.layers[layer].merge)
+        assert (lp.router is None) == (expected.layers[layer].router is None)
     results = json.loads((work / "results" / "tiny-mixtral" / "toy_sort_ppl.json").read_text())
     assert set(results) >= {"accuracy"}
 
@@ -207,7 +216,7 @@ def test_routing_counts_equal_a_direct_count(tiny_mixtral_path):
 
     lm = HFCausalLM(str(tiny_mixtral_path), batch_size=3, max_seq_len=64)
     texts = ["sort: 3 1 2 =", "count 4: 4 4 1 =", "copy: 9 8 7 6 5 4 =", "reverse: 1 2 ="]
-    counts = routing_counts(lm, texts)
+    counts = calibrate(lm, texts).counts
     expected = {i: torch.zeros(8, dtype=torch.long) for i in counts}
     for text in texts:  # one text at a time: no padding at all
         enc = lm.tokenizer(text, return_tensors="pt")
@@ -246,6 +255,6 @@ def test_torchrun_ranks_default_to_one_population_batch_each(monkeypatch):
 
     monkeypatch.setenv("WORLD_SIZE", "4")
     args = argparse.Namespace(search_cfg=None, seed=None, top_k=None)
-    assert search.search_settings(args).parallel_width == 4
+    assert search.search_settings(args)["parallel_width"] == 4
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert search.search_settings(args).parallel_width == 1
+    assert "parallel_width" not in search.search_settings(args)  # the search's own default (1)

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from harness.registry import SEARCHES
+from harness.search.base import Search
 from harness.search.space import Candidate, PlanSpace
 
 
@@ -213,3 +215,25 @@ def best_slots(records: dict[int, dict], slots, top: int) -> list[int]:
     """The ``top`` slots among ``slots`` by fitness (ties: earlier slot first)."""
     ranked = sorted((i for i in slots if i in records), key=lambda i: (-records[i]["fitness"], i))
     return ranked[:top]
+
+
+@SEARCHES.register_module(name="eep")
+class EEPSearch(Search):
+    """EEP's evolution as a registered search: finalists ``prune_only`` (the pruning phase's best)
+    and ``best`` (over both phases), each ranked by train fitness, ``rescore_top`` of them."""
+
+    def __init__(self, **settings):
+        self.cfg = EvolutionConfig.from_dict(settings)
+        self.top_k = self.cfg.top_k
+
+    def settings(self) -> dict:
+        return self.cfg.to_dict()
+
+    def run(self, space, ledger, fitness, on_result=None) -> dict[int, dict]:
+        return run_evolution(space, self.cfg, ledger, fitness, on_result=on_result)
+
+    def finalists(self, records: dict[int, dict]) -> dict[str, list[int]]:
+        top = max(1, self.cfg.rescore_top)
+        prune_slots = range(min(self.cfg.prune_evals, self.cfg.total_evals))
+        return {"prune_only": best_slots(records, prune_slots, top),
+                "best": best_slots(records, range(self.cfg.total_evals), top)}

@@ -9,47 +9,28 @@ config under DIR/configs and a log under DIR/logs. Rerunning the same command re
 """
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 
-from harness import distributed
-from harness.cli import add_run_arguments, apply_compression, main_guard, run_model_config, setup_work_dir
-from harness.config import dataset_configs, load_config
-from harness.pipeline import EvalTask
-from harness.registry import MODELS, build
-
-log = logging.getLogger("harness.infer")
+from harness.cli import main_guard
+from harness.run import Run, add_run_arguments, make_parser
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    parser = make_parser(__doc__)
     add_run_arguments(parser)
     parser.add_argument("--coeff_path", help="compression plan to apply (EEP .pth, mask .json, or .safetensors)")
-    parser.add_argument("--max_num", type=int, help="evaluate only the first N items of each dataset")
     return parser.parse_args(argv)
 
 
 @main_guard
 def main(argv=None) -> int:
     args = parse_args(argv)
-    distributed.init_from_env()
-    cfg = load_config(args.config)
-    model_cfg = run_model_config(args, cfg)
-    tasks = [EvalTask(d, args.data_root, args.max_num) for d in dataset_configs(cfg)]  # fail early on data
-    if distributed.device_for_rank():
-        model_cfg["device"] = distributed.device_for_rank()
-    if distributed.is_main():
-        setup_work_dir(args.work_dir, cfg)
-    log.info("model %s from %s", model_cfg["abbr"], model_cfg["path"])
-
-    model = build(MODELS, model_cfg)
-    apply_compression(model, args.coeff_path)
-    for task in tasks:
-        metrics = task.run(model, args.work_dir)
-        log.info("%s: %s", task.abbr, metrics)
-        if distributed.is_main():
-            print(f"{model.abbr}/{task.abbr}: {json.dumps(metrics)}")
+    run = Run.prepare(args, plan_files={"coeff_path": args.coeff_path})
+    model = run.load_model(args.coeff_path)
+    run.start()  # only once the model and its plan are in place: a refused plan leaves nothing behind
+    for task in run.tasks:
+        metrics = task.run(model, run.work_dir)
+        run.print(f"{model.abbr}/{task.abbr}: {json.dumps(metrics)}")
     return 0
 
 

@@ -1,88 +1,62 @@
-"""Pruning baselines as a task: routing-frequency pruning or keep-the-first-B experts.
+"""One-shot pruning methods as a task: routing frequency, keep-the-first-B, or any registered method.
 
-    python harness/tasks/prune_baseline.py CONFIG --model_path P --budget B --method frequency|first
-        --work_dir DIR [--calib_cfg FILE] [--calib_num N] [--data_root DIR] [--batch_size N]
+    python harness/tasks/prune_baseline.py CONFIG --model_path P --budget B --method frequency|first|NAME
+        --work_dir DIR [--calib_cfg FILE] [--calib_num N] [--seed S] [--data_root DIR] [--batch_size N]
+        [--max_num N]
 
 ``frequency`` keeps, per MoE layer, the B experts most often among a token's top-k on the
 calibration prompts (--calib_cfg's data; defaults to CONFIG's, with a warning). ``first`` keeps
-experts 0..B-1. The plan is written to DIR/plan.safetensors, then CONFIG's datasets are evaluated
-with it (DIR/predictions, DIR/results), so the baseline sits in the same summary table.
+experts 0..B-1. Any other name is a method registered in ``harness.registry.METHODS``
+(``harness/methods/``, one module each). The plan is written to DIR/plan.safetensors, then
+CONFIG's datasets are evaluated with it (DIR/predictions, DIR/results), so the method sits in the
+same summary table.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-from pathlib import Path
 
-from harness.cli import add_run_arguments, main_guard, record_plan_identity, run_model_config, setup_work_dir
-from harness.compress import apply_plan, save_plan
-from harness.compress.adapters import decoder_layers, expert_count, moe_layer_indices
-from harness.config import dataset_configs, load_config
-from harness.errors import HarnessError
-from harness.pipeline import EvalTask
-from harness.registry import MODELS, build
-from harness.search.baselines import frequency_plan, keep_first_plan, routing_counts
+from harness.cli import main_guard
+from harness.run import Run, add_run_arguments, make_parser, positive_int
+from harness.methods.base import method
+from harness.runner import PlanRunner
 
 log = logging.getLogger("harness.prune_baseline")
+ALIASES = {"first": "keep_first"}  # the names this task's command line had before the registry
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    parser = make_parser(__doc__)
     add_run_arguments(parser)
-    parser.add_argument("--budget", type=int, required=True)
-    parser.add_argument("--method", choices=["frequency", "first"], required=True)
+    parser.add_argument("--budget", type=positive_int, required=True)
+    parser.add_argument("--method", required=True, help="frequency, first, or a registered method's name")
+    parser.add_argument("--seed", type=int, default=0, help="seed of methods that draw at random")
     parser.add_argument("--calib_cfg", help="dataset config whose prompts calibrate the routing counts")
-    parser.add_argument("--calib_num", type=int, default=256, help="calibration prompts used (default 256)")
+    parser.add_argument("--calib_num", type=positive_int, default=256, help="calibration prompts used (default 256)")
     return parser.parse_args(argv)
-
-
-def calibration_texts(task: EvalTask, lm, limit: int) -> list[str]:
-    """The task's prompts as plain texts (PPL items: the shared context plus the first choice)."""
-    texts = []
-    for prompt in task.prompts(lm)[:limit]:
-        texts.append(prompt if isinstance(prompt, str) else prompt[0].context + prompt[0].continuation)
-    return texts
 
 
 @main_guard
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = load_config(args.config)
-    model_cfg = run_model_config(args, cfg)
-    tasks = [EvalTask(d, args.data_root) for d in dataset_configs(cfg)]
-    calib_source = args.calib_cfg or args.config
-    if args.method == "frequency" and not args.calib_cfg:
-        log.warning("no --calib_cfg: routing frequencies are counted on the evaluation data itself")
-    calib_tasks = tasks  # routing is counted on the evaluation tasks unless --calib_cfg names others
-    if args.method == "frequency" and args.calib_cfg:
-        calib_tasks = [EvalTask(d, args.data_root) for d in dataset_configs(load_config(args.calib_cfg))]
-    setup_work_dir(args.work_dir, cfg)
-    lm = build(MODELS, model_cfg)
-    model = lm.model
-    num_experts = expert_count(model)
-    if not 1 <= args.budget <= num_experts:
-        raise HarnessError(f"--budget {args.budget} must be between 1 and the model's {num_experts} experts")
+    name = ALIASES.get(args.method, args.method)
+    needs_calibration = method(name).needs_calibration  # an unknown name lists the registered ones
+    run = Run.prepare(args, calib_cfg=args.calib_cfg)
+    calib_tasks = run.tasks  # calibration runs on the evaluation tasks unless --calib_cfg names others
+    if needs_calibration and args.calib_cfg:
+        calib_tasks = [run.task(args.calib_cfg, "--calib_cfg")]
+    elif needs_calibration:
+        log.warning("no --calib_cfg: the method calibrates on the evaluation data itself")
+    runner = PlanRunner(run, run.load_model())
 
-    if args.method == "frequency":
-        texts = []
-        for task in calib_tasks:
-            texts += calibration_texts(task, lm, args.calib_num)
-            if len(texts) >= args.calib_num:
-                break
-        counts = routing_counts(lm, texts[: args.calib_num])
-        plan = frequency_plan(counts, len(decoder_layers(model)), args.budget)
-        plan.metadata["calibration"] = f"{calib_source} ({len(texts[: args.calib_num])} prompts)"
-    else:
-        plan = keep_first_plan(moe_layer_indices(model), len(decoder_layers(model)), num_experts, args.budget)
-    plan_path = Path(args.work_dir) / "plan.safetensors"
-    save_plan(plan, plan_path)
-    apply_plan(model, plan)
-    record_plan_identity(lm, plan_path)
-    for task in tasks:
-        metrics = task.run(lm, args.work_dir)
-        print(f"{lm.abbr}/{task.abbr} {args.method} budget {args.budget}: {json.dumps(metrics)}")
-    print(f"plan: {plan_path}")
+    def calibration():
+        return runner.calibration(calib_tasks, args.calib_num, args.calib_cfg or args.config)
+
+    plan = runner.make_plan(name, args.budget, seed=args.seed, calibration=calibration)
+    run.start()
+    plan_path = runner.save(plan, run.work_dir / "plan.safetensors")
+    for abbr, metrics in runner.evaluate(plan, run.work_dir).items():
+        runner.report(f"{runner.lm.abbr}/{abbr} {args.method} budget {args.budget}", metrics)
+    run.print(f"plan: {plan_path}")
     return 0
 
 

@@ -1,0 +1,142 @@
+"""One run setup for every entry point that loads a model.
+
+Every file under ``harness/tasks/`` reads as a short recipe on top of this:
+
+    args = parse_args(argv)                  # make_parser + add_run_arguments + the task's own
+    run = Run.prepare(args, plan_files=...)  # config, model config, tasks, torchrun rank: all
+                                             #   checked before anything is written or loaded
+    run.start()                              # work dir, log file, resolved config (rank 0)
+    lm = run.load_model(coeff_path)          # the model on this rank's device, plan installed
+
+Under ``torchrun`` every rank prepares the same run and loads its own model copy; inference is
+shared through ``EvalTask.run`` and only rank 0 (``run.is_main``) writes files.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import distributed
+from harness.cli import apply_compression, setup_work_dir
+from harness.config import dataset_configs, load_config, model_config
+from harness.errors import HarnessError
+from harness.pipeline import EvalTask
+from harness.registry import MODELS, build
+
+log = logging.getLogger("harness.run")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a hint for OpenCompass's spelling of options (``--work-dir``)."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments"):
+            hyphenated = [w for w in message.split(":", 1)[1].split() if w.startswith("--") and "-" in w[2:]]
+            if hyphenated:
+                message += f" (options are spelled with underscores: --{hyphenated[0][2:].replace('-', '_')})"
+        super().error(message)
+
+
+def make_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The parser of an entry point: its docstring as help, no silent abbreviations (``--coeff``)."""
+    return _Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_run_arguments(parser, config_help: str = "dataset config file (may also define `models`)") -> None:
+    """What every model-running task takes: config, model, work dir, data root, batch size, max items."""
+    parser.add_argument("config", help=config_help)
+    parser.add_argument("--model_path", help="model folder or hub id; replaces the config's model path")
+    parser.add_argument("--model_cfg", help="model config file whose `models` replace the dataset config's")
+    parser.add_argument("--work_dir", required=True, help="output folder")
+    parser.add_argument("--data_root", help="replaces the ./data prefix of the configs' data paths")
+    parser.add_argument("--batch_size", type=positive_int, help="override the model's batch size")
+    parser.add_argument("--max_num", type=positive_int, help="evaluate only the first N items of each dataset")
+
+
+def check_work_dir(path: str) -> Path:
+    """The work dir must be a folder or creatable as one (no file in the way)."""
+    work_dir = Path(path)
+    for part in (work_dir, *work_dir.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise HarnessError(f"--work_dir {path}: {part} is a file, not a folder; pass another --work_dir")
+            break
+    return work_dir
+
+
+def check_files(**files: str | None) -> None:
+    """Every named file argument that is set must exist (checked before any model loads)."""
+    for argument, path in files.items():
+        if path and not Path(path).is_file():
+            raise HarnessError(f"--{argument} {path} not found; pass an existing file")
+
+
+@dataclass
+class Run:
+    """A prepared run: everything read and checked, nothing written or loaded yet."""
+
+    args: argparse.Namespace
+    cfg: object
+    model_cfg: dict
+    tasks: list[EvalTask]
+    work_dir: Path
+    extra: dict = field(default_factory=dict)  # the task's own prepared objects, by name
+
+    @classmethod
+    def prepare(cls, args, plan_files: dict[str, str | None] | None = None, process_group: bool = True,
+                **other_files: str | None) -> "Run":
+        """Join torchrun's process group (``process_group=False``: ranks are independent workers,
+        as a search's), check paths and arguments, read the configs and build the evaluation tasks;
+        raises HarnessError before anything is written."""
+        if process_group:
+            distributed.init_from_env()
+        work_dir = check_work_dir(args.work_dir)
+        check_files(config=args.config, model_cfg=getattr(args, "model_cfg", None), **(plan_files or {}),
+                    **other_files)
+        cfg = load_config(args.config)
+        source = load_config(args.model_cfg) if getattr(args, "model_cfg", None) else cfg
+        model_cfg = model_config(source, getattr(args, "model_path", None), getattr(args, "batch_size", None))
+        if distributed.device_for_rank():  # torchrun on GPUs: each rank loads onto its own device
+            model_cfg["device"] = distributed.device_for_rank()
+        tasks = [EvalTask(d, args.data_root, getattr(args, "max_num", None)) for d in dataset_configs(cfg)]
+        return cls(args, cfg, model_cfg, tasks, work_dir)
+
+    @property
+    def is_main(self) -> bool:
+        return distributed.is_main()
+
+    def task(self, path: str, what: str) -> EvalTask:
+        """The single dataset of another config file (a search's train or dev data)."""
+        datasets = dataset_configs(load_config(path))
+        if len(datasets) != 1:
+            raise HarnessError(f"{what} {path} defines {len(datasets)} datasets; it must define exactly one")
+        return EvalTask(datasets[0], self.args.data_root, getattr(self.args, "max_num", None))
+
+    def start(self) -> None:
+        """Create the work dir with its log and resolved config (rank 0 only)."""
+        if self.is_main:
+            setup_work_dir(str(self.work_dir), self.cfg)
+        log.info("model %s from %s", self.model_cfg["abbr"], self.model_cfg["path"])
+
+    def load_model(self, coeff_path: str | None = None):
+        """The model of the run on this rank's device, with the ``--coeff_path`` plan installed."""
+        lm = build(MODELS, self.model_cfg)
+        apply_compression(lm, coeff_path)
+        return lm
+
+    def print(self, text: str) -> None:
+        """Console output of the run (rank 0 only, so torchrun prints each line once)."""
+        if self.is_main:
+            print(text)
