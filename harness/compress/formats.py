@@ -11,6 +11,12 @@ Formats (documented in ``searched_coeff/README.md``), detected by content, not b
   ``transfer.[a-b]`` / ``others_transfer`` (router mapping). Always read with weights_only=True.
 - **mask**: JSON, ``{"num_experts": 8, "kept": {"0": [0, 3, 5, 7], ...}, "num_layers": 32,
   "top_k": 2}`` or a plain list of lists (one per layer): pure pruning, gate rows sliced.
+
+Saving is byte-stable: the same plan gives the same file bytes every time, whatever its dicts'
+insertion order (sorted JSON, tensors by name; ``.pth`` records under torch's fixed ``archive/``
+name rather than the temporary file's). Reading checks sizes, nesting and layer counts before
+building anything, against bounds no real plan comes near (``MAX_PLAN_BYTES``, ``MAX_MASK_BYTES``,
+``MAX_JSON_DEPTH``, ``plan.MAX_LAYERS``).
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from harness.compress.plan import CompressionPlan, LayerPlan
+from harness.compress.plan import MAX_EXPERTS, MAX_LAYERS, CompressionPlan, LayerPlan, check_count
 from harness.errors import HarnessError
 from harness.io import atomic_write
 from harness.safe_load import safe_torch_load
@@ -31,6 +37,12 @@ FORMAT_VERSION = 1  # of the harness format; readers refuse newer files
 HEADER_KEY = "harness_plan"  # safetensors metadata key of the JSON header
 EEP_NUM_LAYERS = 32  # Mixtral-8x7B, the model the released EEP files were searched for
 SAVE_FORMATS = ("harness", "eep")
+# A full plan (merge and router, float32) of 512 layers x 256 experts: 512 * 2 * 256 * 256 * 4 bytes.
+# The largest real models (about 100 layers, 128-256 experts) need a tenth of it or less.
+MAX_PLAN_BYTES = 256 * 2**20
+# A mask lists kept expert ids: 512 layers x 256 ids of a few characters is under 1 MiB.
+MAX_MASK_BYTES = 16 * 2**20
+MAX_JSON_DEPTH = 64  # a plan's JSON nests about 4 deep; free metadata gets room to spare
 
 _TENSOR_NAME = re.compile(r"^layers\.(\d+)\.(merge|router|condensed_weights)$")
 _EEP_KEY = re.compile(r"^(layers|transfer)\.(?:(\d+)|\[(\d+)-(\d+)\])$")
@@ -85,14 +97,19 @@ def load_plan(
     num_layers: int | None = None,
     num_experts: int | None = None,
     hidden_size: int | None = None,
+    max_bytes: int | None = None,
 ) -> CompressionPlan:
     """Read a plan in any supported format, validate it, and record the file in metadata['source'].
 
     ``num_layers`` / ``num_experts`` build EEP and mask plans (EEP default: 32 layers when the
     keys allow, E from the tensors) and are checked against a harness file's own values.
+    ``max_bytes`` overrides the size bound of the format (``MAX_PLAN_BYTES`` / ``MAX_MASK_BYTES``).
     """
     file = Path(path)
     fmt = detect_format(file)
+    check_size(file, fmt, max_bytes)
+    if num_layers is not None:
+        check_count(str(file), "num_layers", num_layers, MAX_LAYERS)
     if fmt == "harness":
         plan = read_harness_plan(file)
         earlier = plan.metadata.get("source")
@@ -107,15 +124,36 @@ def load_plan(
     return plan.validate(num_layers=num_layers, num_experts=num_experts, hidden_size=hidden_size, source=str(file))
 
 
+def check_size(file: Path, fmt: str, max_bytes: int | None = None) -> None:
+    """HarnessError when ``file`` is larger than any real plan in format ``fmt`` could be."""
+    bound = max_bytes if max_bytes is not None else MAX_MASK_BYTES if fmt == "mask" else MAX_PLAN_BYTES
+    size = file.stat().st_size
+    if size > bound:
+        raise HarnessError(
+            f"plan file {file} is {size:,} bytes, more than any real {fmt} plan ({bound:,} bytes at most); "
+            "check that --coeff_path names a compression plan"
+        )
+
+
 def save_plan(plan: CompressionPlan, path: str | os.PathLike, format: str = "harness") -> Path:
-    """Write ``plan`` atomically as ``format`` ('harness': ours, lossless; 'eep': EEP's .pth dict)."""
+    """Write ``plan`` atomically as ``format`` ('harness': ours, lossless; 'eep': EEP's .pth dict).
+
+    The bytes depend only on the plan's content (see the module docstring).
+    """
     if format not in SAVE_FORMATS:
         raise HarnessError(f"unknown plan format {format!r}; choose one of {', '.join(SAVE_FORMATS)}")
     plan.validate()
     if format == "eep":
-        coeffs = plan.to_eep_dict()
-        return atomic_write(path, lambda tmp: torch.save(coeffs, tmp))
+        coeffs = plan.to_eep_dict()  # fixed key order, one fresh tensor per key (no shared storages)
+        return atomic_write(path, lambda tmp: _torch_save(coeffs, tmp))
     return write_harness_plan(plan, path)
+
+
+def _torch_save(obj, file: Path) -> None:
+    """``torch.save`` through a file object: torch then names the zip records ``archive/...``; given
+    a path it would name them after the (temporary, random) file name."""
+    with open(file, "wb") as fh:
+        torch.save(obj, fh)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,17 +178,34 @@ def plan_header(plan: CompressionPlan) -> dict:
 
 def write_harness_plan(plan: CompressionPlan, path: str | os.PathLike) -> Path:
     """Write the plan as one safetensors file (tensors float32, header JSON in the metadata)."""
-    from safetensors.torch import save_file
-
     tensors = {}
     for index, lp in plan.layers.items():
         for name in ("merge", "router", "condensed_weights"):
             value = getattr(lp, name)
             if value is not None:
-                tensors[f"layers.{index}.{name}"] = value.detach().to("cpu", torch.float32).contiguous().clone()
-    header = json.dumps(plan_header(plan), default=str, ensure_ascii=False)
-    metadata = {HEADER_KEY: header, "format": "pt"}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+                tensors[f"layers.{index}.{name}"] = value
+    try:
+        header = json.dumps(plan_header(plan), default=str, ensure_ascii=False, sort_keys=True)
+    except TypeError as exc:  # sort_keys needs comparable keys
+        raise HarnessError(f"plan metadata cannot be written as JSON ({exc}); use string keys") from None
+    data = safetensors_bytes(tensors, {HEADER_KEY: header, "format": "pt"})
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file of float32 ``tensors``, written here so its bytes are fixed: header JSON with
+    sorted keys (the safetensors library orders metadata by a per-process hash), data by name."""
+    header: dict = {"__metadata__": metadata}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        values = tensors[name].detach().to("cpu", torch.float32).contiguous()
+        chunk = values.numpy().astype("<f4", copy=False).tobytes()
+        header[name] = {"dtype": "F32", "shape": list(values.shape), "data_offsets": [offset, offset + len(chunk)]}
+        chunks.append(chunk)
+        offset += len(chunk)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as the library writes it
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
 def read_harness_plan(path: str | os.PathLike) -> CompressionPlan:
@@ -172,6 +227,9 @@ def read_harness_plan(path: str | os.PathLike) -> CompressionPlan:
         header = json.loads(metadata[HEADER_KEY])
     except json.JSONDecodeError as exc:
         raise HarnessError(f"plan file {file}: the '{HEADER_KEY}' header is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise _too_deep(file) from None
+    _check_depth(file, header)
     if not isinstance(header, dict):
         raise HarnessError(f"plan file {file}: the '{HEADER_KEY}' header must be a JSON object")
     _check_version(file, header.get("format_version"))
@@ -195,6 +253,9 @@ def _plan_from_header(file: Path, header: dict, tensors: dict[str, torch.Tensor]
     layer_fields = header["layers"]
     if not isinstance(layer_fields, dict):
         raise HarnessError(f"plan file {file}: header 'layers' must be an object of layer -> settings")
+    check_count(str(file), "num_layers", header["num_layers"], MAX_LAYERS)
+    check_count(str(file), "num_experts", header["num_experts"], MAX_EXPERTS)
+    _check_layer_entries(file, "header 'layers'", len(layer_fields))
     layers: dict[int, LayerPlan] = {}
     for key, fields in layer_fields.items():
         if not str(key).isdigit() or not isinstance(fields, dict):
@@ -272,6 +333,9 @@ def plan_from_eep(
     where = source or "EEP coefficients"
     if not isinstance(coeffs, dict) or not coeffs:
         raise HarnessError(f"{where} is not an EEP coefficient file (expected a non-empty dict of key -> (B, E) tensor)")
+    _check_layer_entries(where, "EEP keys", len(coeffs), per_layer=2)
+    if num_layers is not None:
+        check_count(where, "num_layers", num_layers, MAX_LAYERS)
     spans = {}
     for key, value in coeffs.items():
         try:
@@ -281,6 +345,9 @@ def plan_from_eep(
         if not isinstance(value, torch.Tensor) or value.dim() != 2 or not value.is_floating_point():
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise HarnessError(f"{where}: key {key!r} must hold a 2-D float (B, E) tensor, got {shape}")
+        if spans[key] is not None and spans[key][1] >= MAX_LAYERS:
+            raise HarnessError(f"{where}: key {key!r} names layer {spans[key][1]}, more than any real model has "
+                               f"(at most {MAX_LAYERS} layers); fix the plan file")
     widths = {int(value.shape[1]) for value in coeffs.values()}
     if len(widths) != 1:
         raise HarnessError(f"{where}: tensors disagree on the expert count (columns {sorted(widths)})")
@@ -318,11 +385,38 @@ def plan_from_eep(
 
 def _read_json(file: Path):
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
+        value = json.loads(file.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise HarnessError(f"plan file {file} is not UTF-8 JSON; see searched_coeff/README.md for the mask format") from None
     except json.JSONDecodeError as exc:
         raise HarnessError(f"plan file {file} is not valid JSON ({exc}); fix the mask file") from None
+    except RecursionError:
+        raise _too_deep(file) from None
+    _check_depth(file, value)
+    return value
+
+
+def _too_deep(file) -> HarnessError:
+    return HarnessError(f"plan file {file} nests JSON more than {MAX_JSON_DEPTH} deep, unlike any plan; fix the file")
+
+
+def _check_depth(file, value) -> None:
+    """HarnessError when ``value`` (parsed JSON) nests deeper than ``MAX_JSON_DEPTH``; no recursion."""
+    level = [value]
+    for _ in range(MAX_JSON_DEPTH + 1):
+        level = [child for item in level if isinstance(item, (dict, list))
+                 for child in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return
+    raise _too_deep(file)
+
+
+def _check_layer_entries(where, what: str, count: int, per_layer: int = 1) -> None:
+    """HarnessError, before anything is built, for more layer entries than any real model has."""
+    if count > per_layer * MAX_LAYERS + 2:
+        raise HarnessError(
+            f"{where}: {what} has {count:,} entries, more than any real model's {MAX_LAYERS} layers; fix the plan file"
+        )
 
 
 def plan_from_mask(
@@ -364,18 +458,21 @@ def plan_from_mask(
         raise HarnessError(f"{where}: a mask file holds a JSON object or a list of lists, got {type(mask).__name__}")
     if not isinstance(kept, (dict, list)) or not kept:
         raise HarnessError(f"{where}: 'kept' must be a non-empty object (layer -> ids) or list of lists")
+    _check_layer_entries(where, "'kept'", len(kept))
+    if num_experts is not None:
+        check_count(where, "num_experts", num_experts, MAX_EXPERTS)
     metadata = {"method": "mask", **extra, "source": where}
     return CompressionPlan.from_kept(kept, num_experts, num_layers=num_layers, top_k=top_k, metadata=metadata)
 
 
 def _mask_int(where: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise HarnessError(f"{where}: {name} must be a positive int, got {value!r}")
-    return value
+    bound = {"num_layers": MAX_LAYERS, "num_experts": MAX_EXPERTS}.get(name, MAX_EXPERTS)
+    return check_count(where, name, value, bound)
 
 
 __all__ = [
-    "FORMAT_VERSION", "HEADER_KEY", "detect_format", "load_plan", "save_plan", "plan_header",
+    "FORMAT_VERSION", "HEADER_KEY", "MAX_PLAN_BYTES", "MAX_MASK_BYTES", "MAX_JSON_DEPTH", "check_size",
+    "detect_format", "load_plan", "save_plan", "plan_header", "safetensors_bytes",
     "read_harness_plan", "write_harness_plan", "parse_eep_key", "eep_key_for_layer", "plan_from_eep",
     "plan_from_mask",
 ]

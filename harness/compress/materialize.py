@@ -190,6 +190,7 @@ def load_compressed(path, dtype: torch.dtype | None = None, device: str | torch.
         state = {k: v.to(dtype) if k in params and v.is_floating_point() else v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = {name for name in missing if _is_tied(model, name)}
+    unexpected = [name for name in unexpected if not name.startswith(_skipped_prefixes(model, plan))]
     if set(missing) - tied or unexpected:
         raise HarnessError(
             f"{path / STATE_FILE} does not match its plan and config (missing {sorted(set(missing) - tied)[:3]}, "
@@ -215,6 +216,14 @@ def dispatch_over_devices(model, device_map: str | dict):
                                              low_zero=device_map == "balanced_low_0")
         device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split)
     return dispatch_model(model, device_map=device_map)
+
+
+def _skipped_prefixes(model, plan: CompressionPlan) -> tuple[str, ...]:
+    """State-dict prefixes of the plan's skipped blocks: folders written before Block Drop left the
+    model's parameters still hold those layers' weights, which are not needed."""
+    layers = resolve(model).layers
+    name = next((n for n, module in model.named_modules() if module is layers), "model.layers")
+    return tuple(f"{name}.{index}." for index in plan.skip_blocks)
 
 
 def _is_tied(model, name: str) -> bool:

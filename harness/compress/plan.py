@@ -14,6 +14,8 @@ Semantics for one MoE layer with E original experts and B kept slots:
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,10 @@ import torch
 from harness.errors import HarnessError
 
 LAYER_MODES = ("routed", "condensed", "dropped")
+# Bounds no real plan comes near (the deepest MoE models have about 100 decoder layers, the widest
+# 256 routed experts); checked before anything is built from a file, so a hostile file fails fast.
+MAX_LAYERS = 512
+MAX_EXPERTS = 1024
 
 
 def is_one_hot(matrix: torch.Tensor) -> bool:
@@ -181,9 +187,8 @@ class CompressionPlan:
         ``source`` defaults to ``metadata['source']`` (the file the plan was read from).
         """
         where = str(source or self.metadata.get("source") or "compression plan")
-        for name, value in (("num_layers", self.num_layers), ("num_experts", self.num_experts)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise HarnessError(f"{where}: {name} must be a positive int, got {value!r}")
+        for name, value, bound in (("num_layers", self.num_layers, MAX_LAYERS), ("num_experts", self.num_experts, MAX_EXPERTS)):
+            check_count(where, name, value, bound)
         expected = (("num_layers", num_layers, self.num_layers), ("num_experts", num_experts, self.num_experts),
                     ("hidden_size", hidden_size, self.hidden_size))
         for name, wanted, have in expected:
@@ -197,6 +202,51 @@ class CompressionPlan:
                 raise HarnessError(f"{where}: layer {index!r} is out of range: the plan has {self.num_layers} layers [0, {self.num_layers})")
             _validate_layer(f"{where}: layer {index}", lp, self.num_experts)
         return self
+
+    def fingerprint(self) -> str:
+        """16 hex digits naming what the plan does to a model's outputs (cache identities use it).
+
+        A sha256 over the sizes, ``skip_blocks`` (as a set) and, per layer in index order, the mode,
+        top_k, skip threshold and each tensor's shape and float32 bytes. Metadata, dict insertion
+        order, the tensors' dtype, layout and device, and -0.0 versus 0.0 do not count; a layer
+        entry that changes nothing (a default ``LayerPlan``, or an identity merge with no router)
+        counts as absent. The same plan read back from any format it can be written in gives the
+        same fingerprint.
+        """
+        digest = hashlib.sha256()
+        scalars = {
+            "num_layers": self.num_layers,
+            "num_experts": self.num_experts,
+            "hidden_size": self.hidden_size,
+            "skip_blocks": sorted(set(self.skip_blocks)),
+            "layers": {},
+        }
+        tensors = []
+        for index in sorted(self.layers):
+            lp = self.layers[index]
+            merge = lp.merge
+            if merge is not None and lp.router is None and _is_identity(merge):
+                merge = None  # keeps every expert in order, with the gate rows sliced: unchanged
+            if lp.mode == "dropped":  # nothing else of a dropped layer reaches the outputs
+                scalars["layers"][str(index)] = {"mode": "dropped"}
+                continue
+            entry = {"mode": lp.mode, "top_k": lp.top_k,
+                     "skip_threshold": None if lp.skip_threshold is None else float(lp.skip_threshold)}
+            named = {"merge": merge, "router": lp.router, "condensed_weights": lp.condensed_weights}
+            if entry == {"mode": "routed", "top_k": None, "skip_threshold": None} and not any(
+                    t is not None for t in named.values()):
+                continue
+            entry["tensors"] = {}
+            for name, tensor in named.items():
+                if tensor is not None:
+                    entry["tensors"][name] = list(tensor.shape)
+                    tensors.append(tensor)
+            scalars["layers"][str(index)] = entry
+        digest.update(json.dumps(scalars, sort_keys=True, separators=(",", ":")).encode())
+        for tensor in tensors:
+            values = tensor.detach().to("cpu", torch.float32).contiguous() + 0.0  # + 0.0 turns -0.0 into 0.0
+            digest.update(values.numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def to_eep_dict(self) -> dict[str, torch.Tensor]:
         """EEP's coefficient dict, one key per layer: ``layers.N`` (merge) and ``transfer.N`` (router).
@@ -220,6 +270,20 @@ class CompressionPlan:
             coeffs[f"layers.{index}"] = merge.detach().to("cpu", torch.float32).contiguous().clone()
             coeffs[f"transfer.{index}"] = router.detach().to("cpu", torch.float32).contiguous().clone()
         return coeffs
+
+
+def _is_identity(matrix: torch.Tensor) -> bool:
+    return matrix.dim() == 2 and matrix.shape[0] == matrix.shape[1] and torch.equal(
+        matrix.to(torch.float32), torch.eye(matrix.shape[0]))
+
+
+def check_count(where: str, name: str, value, bound: int) -> int:
+    """``value`` as a count in [1, bound], else HarnessError naming ``where`` and ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HarnessError(f"{where}: {name} must be a positive int, got {value!r}")
+    if value > bound:
+        raise HarnessError(f"{where}: {name}={value} is more than any real model has (at most {bound}); fix the plan file")
+    return value
 
 
 def _layer_sort_key(item) -> tuple:
