@@ -66,7 +66,6 @@ def test_deepseek_v3_unbalanced_groups_turn_group_selection_off_in_the_config(tm
 
 @pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "deepseek_v3"])
 def test_other_plans_write_a_compressed_folder_that_load_compressed_reads_back(arch, tmp_path):
-    pytest.importorskip("harness.compress.formats")
     g = torch.Generator().manual_seed(7)
     original = build_model(arch)
     first, *rest = moe_layers(original)
@@ -106,7 +105,6 @@ def test_materialize_refuses_a_non_empty_out_folder(tmp_path):
 
 
 def test_cli_writes_the_eep_pure_pruning_file_as_a_plain_checkpoint(shared_dir, tmp_path, capsys):
-    pytest.importorskip("harness.compress.formats")
     from transformers import AutoModelForCausalLM
 
     from harness.compress import load_plan
@@ -128,7 +126,6 @@ def test_cli_writes_the_eep_pure_pruning_file_as_a_plain_checkpoint(shared_dir, 
 
 
 def test_cli_errors_are_one_line_with_exit_status_2(tiny_mixtral_path, shared_dir, tmp_path, capsys):
-    pytest.importorskip("harness.compress.formats")
     from tools.materialize import main
 
     status = main(["--model_path", str(tiny_mixtral_path), "--coeff_path", str(tmp_path / "none.pth"), "--out", str(tmp_path / "o")])
