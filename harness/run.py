@@ -103,8 +103,7 @@ class Run:
         if process_group:
             distributed.init_from_env()
         work_dir = check_work_dir(args.work_dir)
-        check_files(config=args.config, model_cfg=getattr(args, "model_cfg", None), **(plan_files or {}),
-                    **other_files)
+        check_files(model_cfg=getattr(args, "model_cfg", None), **(plan_files or {}), **other_files)
         cfg = load_config(args.config)
         source = load_config(args.model_cfg) if getattr(args, "model_cfg", None) else cfg
         model_cfg = model_config(source, getattr(args, "model_path", None), getattr(args, "batch_size", None))

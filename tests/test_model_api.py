@@ -201,3 +201,37 @@ def test_split_at_shared_prefix_backs_off_to_a_word():
     assert split_at_shared_prefix(["A: yep", "A: yes"]) == ("A:", [" yep", " yes"])
     assert split_at_shared_prefix(["yes", "no"]) == ("", ["yes", "no"])
     assert split_at_shared_prefix(["x\nyes", "x\nno"]) == ("x\n", ["yes", "no"])
+
+
+# ---------------------------------------------------------------------------------------------- identity
+def test_identity_follows_the_installed_plan_not_a_recorded_file(tmp_path, tiny_mixtral_path):
+    """apply_plan without any bookkeeping call, then a rerun on the same work dir: the predictions
+    are recomputed (not the uncompressed model's reused); after reset_plan they are reused again."""
+    from harness.compress import apply_plan, reset_plan, snapshot_experts
+    from harness.compress.plan import CompressionPlan
+    from tests.test_search import REPO, toy_config
+    from harness.config import dataset_configs, load_config
+
+    lm = HFCausalLM(str(tiny_mixtral_path), batch_size=4, max_seq_len=64)
+    task = EvalTask(dataset_configs(load_config(toy_config(tmp_path)))[0], str(REPO / "data"))
+    work = tmp_path / "work"
+    task.run(lm, work)
+    saved = work / "predictions" / lm.abbr / f"{task.abbr}.json"
+    full_scores = [r["label_scores"] for r in json.loads(saved.read_text()).values()]
+    uncompressed = lm.identity
+    snapshot = snapshot_experts(lm.model)
+    layers = len(lm.model.model.layers)
+    plan = CompressionPlan.from_kept({i: [0, 1] for i in range(layers)}, 8, num_layers=layers)
+    apply_plan(lm.model, plan)
+    assert lm.identity != uncompressed and lm.identity["plan"] == plan.fingerprint()
+
+    calls = []
+    real = lm._score_batch
+    lm._score_batch = lambda groups: calls.append(len(groups)) or real(groups)
+    task.run(lm, work)
+    assert calls, "the pruned model reused the uncompressed model's predictions"
+    pruned_scores = [r["label_scores"] for r in json.loads(saved.read_text()).values()]
+    assert pruned_scores != full_scores
+    assert pruned_scores == [r["label_scores"] for r in task.infer(lm).values()]  # the pruned model's own
+    reset_plan(lm.model, snapshot)
+    assert lm.identity == uncompressed
