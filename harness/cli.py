@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.errors import HarnessError
-from harness.io import atomic_write_text
+from harness.io import atomic_write_text, make_dirs, write_error
 
 log = logging.getLogger("harness")
 
@@ -36,8 +36,11 @@ def setup_work_dir(work_dir: str, cfg=None) -> str:
     """Create the work dir, start the log file and save the resolved config; returns the timestamp."""
     stamp = time.strftime("%Y%m%d_%H%M%S")
     root = Path(work_dir)
-    (root / "logs").mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(root / "logs" / f"{stamp}.log", encoding="utf-8")
+    log_file = make_dirs(root / "logs") / f"{stamp}.log"
+    try:
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+    except OSError as exc:
+        raise write_error(log_file, exc) from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.INFO)

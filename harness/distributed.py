@@ -78,25 +78,27 @@ def barrier() -> None:
         dist.barrier()
 
 
-def infer_sharded(inferencer, model, items: list, final, partial, run_id: str, desc: str = ""):
-    """Run ``inferencer`` on this rank's share of ``items`` (resumable per rank) and return a
-    store holding every rank's records; only rank 0's store writes the predictions file."""
+def infer_sharded(inferencer, model, items: list, final, partial, run_id: str, finish, desc: str = ""):
+    """Run ``inferencer`` on this rank's share of ``items`` (resumable per rank), gather every
+    rank's records and return ``finish(store)`` (only rank 0's store writes the predictions file).
+    The rank partial files go only after the whole file is written, so a death in between loses
+    nothing."""
     from harness.io import PredictionStore
 
     finished = PredictionStore(final, None, run_id)
     if len(finished.done) == len(items):
         whole = PredictionStore(final if is_main() else None, None, run_id)
         whole.done = finished.done
-        return whole
+        return finish(whole)
     rank_partial = None
     if partial is not None:
         rank_partial = partial.with_name(partial.name.replace(".partial", f".rank{rank()}of{world_size()}.partial"))
     mine = PredictionStore(None, rank_partial, run_id)
     inferencer.infer(model, items, mine, desc=f"{desc}[{rank()}]", select=my_share)
-    merged = gather_records(mine.done)
-    barrier()
+    whole = PredictionStore(final if is_main() else None, None, run_id)
+    whole.done = gather_records(mine.done)
+    result = finish(whole)
+    barrier()  # rank 0 has written the predictions file
     if rank_partial is not None:
         rank_partial.unlink(missing_ok=True)
-    whole = PredictionStore(final if is_main() else None, None, run_id)
-    whole.done = merged
-    return whole
+    return result

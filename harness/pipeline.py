@@ -125,13 +125,21 @@ class EvalTask:
         partial = partial_predictions_path(work_dir, model.abbr, self.abbr)
         run_id = self.inferencer.fingerprint(model, items)
         if distributed.is_distributed():
-            return self._finish(distributed.infer_sharded(self.inferencer, model, items, final, partial, run_id,
-                                                          desc=self.abbr))
+            return distributed.infer_sharded(self.inferencer, model, items, final, partial, run_id, self._finish,
+                                             desc=self.abbr)
         store = PredictionStore(final, partial, run_id)
-        if store.done:
-            log.info("%s: resuming, %d of %d items already done", self.abbr, len(store.done), len(items))
+        if len(store.done) < len(items):
+            # results of an earlier run of this dataset no longer describe what is being computed
+            self._forget_results(work_dir, model.abbr)
+            if store.done:
+                log.info("%s: resuming, %d of %d items already done", self.abbr, len(store.done), len(items))
         self.inferencer.infer(model, items, store, desc=self.abbr)
         return self._finish(store)
+
+    def _forget_results(self, work_dir, model_abbr: str) -> None:
+        if distributed.is_main():
+            results_path(work_dir, model_abbr, self.abbr).unlink(missing_ok=True)
+            details_path(work_dir, model_abbr, self.abbr).unlink(missing_ok=True)
 
     def _finish(self, store: PredictionStore) -> dict[str, dict]:
         references = self.data.references  # built from the rows on each access: once here

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,12 +67,15 @@ def add_run_arguments(parser, config_help: str = "dataset config file (may also 
 
 
 def check_work_dir(path: str) -> Path:
-    """The work dir must be a folder or creatable as one (no file in the way)."""
+    """The work dir must be a folder we can write in, or creatable as one (no file in the way):
+    checked before a model loads, so a wrong folder costs seconds, not a load of Mixtral."""
     work_dir = Path(path)
     for part in (work_dir, *work_dir.parents):
         if part.exists():
             if not part.is_dir():
                 raise HarnessError(f"--work_dir {path}: {part} is a file, not a folder; pass another --work_dir")
+            if not os.access(part, os.W_OK | os.X_OK):
+                raise HarnessError(f"--work_dir {path}: {part} is not writable; pass another --work_dir")
             break
     return work_dir
 

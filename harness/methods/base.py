@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.compress.adapters import adapter_for, decoder_layers, expert_count, moe_layer_indices
+from harness.compress.adapters import resolve
 from harness.compress.plan import CompressionPlan
 from harness.errors import HarnessError
 from harness.registry import METHODS, get
@@ -30,9 +30,8 @@ class ModelShape:
 
     @classmethod
     def of(cls, model) -> "ModelShape":
-        adapter = adapter_for(model)
-        return cls(len(decoder_layers(model)), tuple(moe_layer_indices(model)), expert_count(model),
-                   int(getattr(model.config, adapter.top_k_key)))
+        moe = resolve(model)  # the uncompressed facts, even while a plan is applied
+        return cls(moe.num_layers, tuple(moe.moe_layers), moe.num_experts, moe.top_k)
 
 
 @dataclass

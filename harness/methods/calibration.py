@@ -1,5 +1,5 @@
 """Calibration: run the loaded model over texts and gather what the methods need, through forward
-hooks on transformers' own router modules (found via the adapter table).
+hooks on transformers' own router modules (found via the resolved adapter).
 
 Today's statistics are the routing counts (how often each expert is among a token's top-k);
 padding is never counted. Statistics are running sums, so memory does not grow with the data.
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.compress.adapters import adapter_for, decoder_layers, expert_count, moe_block
+from harness.compress.adapters import resolve
 
 
 @dataclass
@@ -24,32 +24,37 @@ class CalibrationStats:
 
 @torch.no_grad()
 def calibrate(lm, texts: list[str], source: str = "") -> CalibrationStats:
-    """Routing statistics of ``lm`` (an HFCausalLM) over ``texts``, in batches of its batch size."""
+    """Routing statistics of ``lm`` (an HFCausalLM) over ``texts``, batched by its collator."""
     model = lm.model
-    adapter = adapter_for(model)
-    num_experts = expert_count(model)
+    moe = resolve(model)
     stats = CalibrationStats(source=source)
     current_mask: list[torch.Tensor] = []  # the batch's attention mask; padding is not counted
     hooks = []
-    for index, layer in enumerate(decoder_layers(model)):
-        block = moe_block(adapter, layer)
-        if block is None:
-            continue
-        stats.counts[index] = torch.zeros(num_experts, dtype=torch.long)
+    for index, block in moe.blocks():
+        stats.counts[index] = torch.zeros(moe.num_experts, dtype=torch.long)
 
         def count(module, inputs, output, index=index):
             # routers see the (batch * seq, H) hidden states; their rows follow the flattened mask
             indices = output[2].reshape(current_mask[0].numel(), -1)[current_mask[0].reshape(-1).bool()]
-            stats.counts[index] += torch.bincount(indices.reshape(-1).cpu(), minlength=num_experts)[:num_experts]
+            stats.counts[index] += torch.bincount(indices.reshape(-1).cpu(), minlength=moe.num_experts)[:moe.num_experts]
 
-        hooks.append(getattr(block, adapter.router_attr).register_forward_hook(count))
+        hooks.append(moe.router(block).register_forward_hook(count))
+
+    def run_batch(batch: list[list[int]]) -> list[None]:
+        width = max(len(t) for t in batch)
+        ids = torch.full((len(batch), width), lm.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, tokens in enumerate(batch):  # right-padded: positions start at 0 in every row
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            mask[row, : len(tokens)] = 1
+        current_mask[:] = [mask.to(lm.device)]
+        stats.num_tokens += int(mask.sum())
+        model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
+        return [None] * len(batch)
+
+    tokens = [lm.encode(text)[: lm.max_seq_len] for text in texts]
     try:
-        for start in range(0, len(texts), lm.batch_size):
-            enc = lm.tokenizer(texts[start : start + lm.batch_size], padding=True, truncation=True,
-                               max_length=lm.max_seq_len, return_tensors="pt").to(lm.device)
-            current_mask[:] = [enc["attention_mask"]]
-            stats.num_tokens += int(enc["attention_mask"].sum())
-            model(**enc)
+        lm.collator.run(tokens, [len(t) for t in tokens], run_batch)
     finally:
         for hook in hooks:
             hook.remove()

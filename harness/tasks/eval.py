@@ -14,12 +14,13 @@ from pathlib import Path
 from harness.cli import main_guard
 from harness.config import dataset_configs, load_config
 from harness.errors import HarnessError
-from harness.io import atomic_write_json, predictions_path, results_path
-from harness.pipeline import EvalTask
+from harness.io import predictions_path
+from harness.pipeline import EvalTask, write_results
+from harness.run import make_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("config")
     parser.add_argument("--work_dir", required=True)
     parser.add_argument("--model_abbr", help="only this model's predictions (default: every model folder)")
@@ -42,8 +43,8 @@ def main(argv=None) -> int:
             if not path.is_file():
                 raise HarnessError(f"predictions file {path} not found; run harness/tasks/infer.py first")
             task = task or EvalTask(dataset_cfg, args.data_root)
-            metrics = task.evaluate(json.loads(path.read_text(encoding="utf-8")))
-            atomic_write_json(results_path(args.work_dir, model_abbr, task.abbr), metrics)
+            metrics, details = task.evaluate_with_details(json.loads(path.read_text(encoding="utf-8")))
+            write_results(args.work_dir, model_abbr, task.abbr, metrics, details)
             print(f"{model_abbr}/{task.abbr}: {json.dumps(metrics)}")
     return 0
 
