@@ -95,3 +95,19 @@ def test_a_refused_budget_leaves_nothing_and_the_corrected_command_runs(tmp_path
         other = tmp_path / task.__name__.rsplit(".", 1)[-1]
         assert task.main([*base_args(tmp_path, tiny_mixtral_path, other), "--budget", "9", *extra]) == 2
         assert not other.exists()
+
+
+def test_a_rerun_of_random_pruning_reuses_every_finished_run(tmp_path, tiny_mixtral_path, monkeypatch):
+    """Plans are byte-stable and predictions are keyed by the plan's content: nothing is recomputed."""
+    from harness.models.hf_causal_lm import HFCausalLM
+
+    args = [*base_args(tmp_path, tiny_mixtral_path, tmp_path / "random"), "--budget", "4", "--num_runs", "3",
+            "--groups", "layer"]
+    assert random_prune.main(args) == 0
+    plans = [p.read_bytes() for p in sorted((tmp_path / "random/runs").glob("*/plan.safetensors"))]
+    calls = []
+    real = HFCausalLM._score_batch
+    monkeypatch.setattr(HFCausalLM, "_score_batch", lambda self, groups: calls.append(1) or real(self, groups))
+    assert random_prune.main(args) == 0
+    assert calls == []
+    assert [p.read_bytes() for p in sorted((tmp_path / "random/runs").glob("*/plan.safetensors"))] == plans

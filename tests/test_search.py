@@ -182,6 +182,9 @@ def test_search_runner_end_to_end_and_resume(tmp_path, tiny_mixtral_path, monkey
     assert load_plan(cut / "best_plan.safetensors").layers.keys() == plan.layers.keys()
     for layer, lp in plan.layers.items():
         assert torch.equal(load_plan(cut / "best_plan.safetensors").layers[layer].merge, lp.merge)
+    # byte-identical plan files: the same command writes the same bytes, interrupted or not
+    for name in ("best_plan.safetensors", "prune_only_plan.safetensors", "best_plan.pth"):
+        assert (cut / name).read_bytes() == (work / name).read_bytes(), name
 
     # other settings in the same work dir are refused
     assert search.main([*args, "--work_dir", str(work), "--seed", "99"]) == 2
