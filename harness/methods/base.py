@@ -37,9 +37,13 @@ class ModelShape:
 @dataclass
 class MethodInputs:
     shape: ModelShape
-    budget: int  # experts kept per MoE layer
+    budget: int | None  # experts kept per MoE layer (None for methods that drop layers or blocks)
     seed: int = 0
     stats: object | None = None  # harness.methods.calibration.CalibrationStats, when needs_calibration
+    # the uncompressed loaded transformers model, for methods that read expert weights or rerun it
+    model: object | None = None
+    samples: list | None = None  # the calibration token samples (NAEE's progressive mode reruns them)
+    drop_n: int | None = None  # layers / blocks to drop (Layer Drop, Block Drop)
 
 
 class Method:
