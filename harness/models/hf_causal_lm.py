@@ -1,20 +1,23 @@
 """A Hugging Face causal LM as a backend of the model API (``harness/models/api.py``).
 
 - ``score``: log-likelihood of token positions of several sequences that share a prefix. The
-  shared prefix (an item's context, common to all its labels) runs through the model once: packed
-  with the label suffixes in one row (``packed_scoring``, see ``packed_scoring.py``), or, where the
-  attention implementation takes no custom mask, first alone and then with the suffixes on its KV
-  cache. Continuation-only log-likelihood and whole-sequence average perplexity are both sums over
-  a chosen range of these positions.
+  shared prefix (an item's context, common to all its labels) runs through the model once, packed
+  with the label suffixes and with other items into rows of a token budget per batch
+  (``packed_scoring``, ``max_batch_tokens``; see ``packed_scoring.py``), or, where packing cannot
+  be expressed (a short sliding window, ``packed_scoring=False``), first alone and then with the
+  suffixes on its KV cache. Continuation-only log-likelihood and whole-sequence average
+  perplexity are both sums over a chosen range of these positions.
 - ``score_rolling``: the same scoring over the rolling windows of a long text.
 - ``generate``: batched, left-padded, left-truncated generation with stop strings.
 - ``encode``: the tokenisation all of them use (special tokens added, as the model expects).
 
-Batching is the ``Collator``'s: longest first, halved on out-of-memory, the size that fits kept.
+Batching is the ``Collator``'s: longest first, halved on out-of-memory, the size that fits kept
+(for packed scoring the token budget is what is halved).
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -25,8 +28,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from harness.errors import HarnessError
 from harness.models.api import GenerationRequest, OnBatch, RollingRequest, Score, ScoreRequest, rolling_windows
-from harness.models.collator import Collator
-from harness.models.packed_scoring import Unit, pack, packing_supported
+from harness.models.collator import Collator, check_token_budget
+from harness.models.packed_scoring import MASK_LIMIT, Unit, pack, packing_mode, unit_length
 from harness.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,7 @@ class HFCausalLM:
         pad_token_id: int | None = None,
         add_special_tokens: bool = True,
         packed_scoring: bool = True,
+        max_batch_tokens: int | None = None,
         model=None,
         tokenizer=None,
     ):
@@ -95,6 +99,8 @@ class HFCausalLM:
         self.add_special_tokens = bool(add_special_tokens)
         # False: always score on the KV cache (the path for attention without custom 4D masks)
         self.packed_scoring = bool(packed_scoring)
+        # tokens per packed scoring batch; None: batch_size times the longest item of the call
+        self.max_batch_tokens = check_token_budget(max_batch_tokens)
         self.tokenizer = tokenizer if tokenizer is not None else self._load_tokenizer(
             tokenizer_path or self.path, tokenizer_kwargs or {}
         )
@@ -188,9 +194,7 @@ class HFCausalLM:
     def score(self, groups: list[list[ScoreRequest]], on_batch: OnBatch | None = None,
               batch_size: int | None = None) -> list[list[Score]]:
         """Score every request; the requests of one group share their longest common prefix."""
-        prepared = [self._truncate_group(group) for group in groups]
-        lengths = [max(len(r.tokens) for r in group) for group in prepared]
-        return self.collator.run(prepared, lengths, self._score_batch, on_batch, batch_size)
+        return self._score_groups([self._truncate_group(group) for group in groups], on_batch, batch_size)
 
     @torch.no_grad()
     def score_rolling(self, requests: list[RollingRequest], stride: int | None = None,
@@ -220,8 +224,8 @@ class HFCausalLM:
             if on_batch is not None and finished:
                 on_batch(finished, [Score(*totals[i]) for i in finished])
 
-        lengths = [len(w[0].tokens) for w in windows]
-        self.collator.run(windows, lengths, self._score_batch, window_done, batch_size)
+        if windows:
+            self._score_groups(windows, window_done, batch_size)
         return [Score(*t) for t in totals]
 
     def _truncate_group(self, group: list[ScoreRequest]) -> list[ScoreRequest]:
@@ -231,52 +235,67 @@ class HFCausalLM:
             return group
         return [ScoreRequest(r.tokens[cut:], max(1, r.score_from - cut)) for r in group]
 
-    def _score_batch(self, groups: list[list[ScoreRequest]]) -> list[list[Score]]:
-        # Split each group into units (shared prefix, requests). Groups that share nothing become singletons.
-        units: list[Unit] = []
-        owners: list[tuple[int, int]] = []  # (group, request) for each request in unit order
-        for g, group in enumerate(groups):
-            prefix_len = _shared_prefix_len([r.tokens for r in group])
-            if prefix_len >= 1:
-                units.append(Unit(group[0].tokens[:prefix_len], group))
-                owners.extend((g, j) for j in range(len(group)))
-            else:
-                for j, request in enumerate(group):
-                    units.append(Unit(request.tokens[:-1], [request]))
-                    owners.append((g, j))
+    def _score_groups(self, groups: list[list[ScoreRequest]], on_batch: OnBatch | None,
+                      batch_size: int | None) -> list[list[Score]]:
+        """Packed rows up to a token budget where the attention allows, else the KV-cache path."""
+        if not groups:
+            return []
+        units = [_group_units(group) for group in groups]
+        longest = max(len(r.tokens) for group in groups for r in group)
+        mode = packing_mode(self.model.config, longest) if self.packed_scoring else None
+        if mode is None:
+            lengths = [max(len(r.tokens) for r in group) for group in groups]
+            return self.collator.run(units, lengths, self._score_on_cache_batch, on_batch, batch_size)
+        layout = "varlen" if mode == "varlen" else "mask"
+        lengths = [sum(unit_length(u, layout) for u in group_units) for group_units in units]
+        budget = self.max_batch_tokens or self.collator.current(batch_size) * max(lengths)
+        # a dense mask makes attention cost grow with the row width; flex and varlen skip the rest
+        hidden = getattr(self.model.config, "hidden_size", None) or 4096
+        attention_cost = 1.0 / (6 * hidden) if mode == "mask" else 0.0
+        return self.collator.run_packed(units, lengths, lambda rows: self._score_rows(rows, mode), budget,
+                                        on_batch, attention_cost)
 
-        longest = max(len(r.tokens) for unit in units for r in unit.requests)
-        if self.packed_scoring and packing_supported(self.model.config, longest):
-            logprobs, greedy = self._score_packed(units)
+    def _score_rows(self, rows: list[list[list[Unit]]], mode: str) -> list[list[list[Score]]]:
+        """Scores of packed rows (row -> group -> units), as row -> group -> request scores.
+
+        Dense masks stay below ``MASK_LIMIT`` entries: a batch is split into forwards of fewer rows,
+        and a row too wide even alone goes through the KV-cache path."""
+        unit_rows = [[unit for group in row for unit in group] for row in rows]
+        width = max(sum(unit_length(u, "varlen" if mode == "varlen" else "mask") for u in row) for row in unit_rows)
+        per_forward = len(unit_rows) if mode != "mask" else MASK_LIMIT // (width * width)
+        logprobs, greedy = [], []
+        if per_forward < 1:
+            logprobs, greedy = self._score_on_cache([u for row in unit_rows for u in row])
         else:
-            logprobs, greedy = self._score_on_cache(units)
+            for k in range(0, len(unit_rows), per_forward):
+                lp, gr = self._score_packed(unit_rows[k : k + per_forward], mode)
+                logprobs += lp
+                greedy += gr
+        flat = iter(zip(logprobs, greedy))
+        return [[_scores_of([u for u in group], flat) for group in row] for row in rows]
 
-        results: list[list[Score | None]] = [[None] * len(group) for group in groups]
-        requests = [request for unit in units for request in unit.requests]
-        for k, request in enumerate(requests):
-            # logprobs[k][t - 1] is the score of token t; positions before score_from are never read
-            start = request.score_from - 1
-            g, j = owners[k]
-            lp, gr = logprobs[k][start:], greedy[k][start:]
-            results[g][j] = Score(float(sum(lp)), len(lp), all(gr))
-        return results
+    def _score_on_cache_batch(self, groups_units: list[list[Unit]]) -> list[list[Score]]:
+        logprobs, greedy = self._score_on_cache([u for group in groups_units for u in group])
+        flat = iter(zip(logprobs, greedy))
+        return [_scores_of(group, flat) for group in groups_units]
 
-    def _score_packed(self, units: list[Unit]) -> tuple[list[list[float]], list[list[bool]]]:
-        """One forward: each unit's prefix and its requests' suffixes in one row (``packed_scoring``)."""
-        batch = pack(units, self.pad_token_id, self.device)
+    def _score_packed(self, rows: list[list[Unit]], mode: str) -> tuple[list[list[float]], list[list[bool]]]:
+        """One forward of packed rows; per request (row-major) the log-probability and greedy flag
+        of every target t = 1 .. len(tokens) - 1 (placeholders where never read)."""
+        batch = pack(rows, self.pad_token_id, self.device, layout="varlen" if mode == "varlen" else "mask")
         mask = batch.attention_mask(self.model.config._attn_implementation, self.model.dtype)
         out = self.model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
                          use_cache=False, logits_to_keep=batch.keep)
         logits = out.logits.reshape(-1, out.logits.shape[-1]).float()  # (kept positions, vocab)
         log_norm, best = torch.logsumexp(logits, dim=-1), logits.argmax(-1)
-        requests = [request for unit in units for request in unit.requests]
+        requests = [request for row in rows for unit in row for request in unit.requests]
         # (kept row, target) of every score that is read; -1 rows are never read and stay placeholders
         pairs = [(row, target) for reads, request in zip(batch.reads, requests)
                  for row, target in zip(reads, request.tokens[1:]) if row >= 0]
-        rows = torch.tensor([row for row, _ in pairs], dtype=torch.long, device=logits.device)
+        rows_t = torch.tensor([row for row, _ in pairs], dtype=torch.long, device=logits.device)
         targets = torch.tensor([target for _, target in pairs], dtype=torch.long, device=logits.device)
-        lp = (logits[rows, targets] - log_norm[rows]).tolist()
-        gr = (best[rows] == targets).tolist()
+        lp = (logits[rows_t, targets] - log_norm[rows_t]).tolist()
+        gr = (best[rows_t] == targets).tolist()
         logprobs, greedy, k = [], [], 0
         for reads in batch.reads:
             read = sum(1 for row in reads if row >= 0)
@@ -319,7 +338,7 @@ class HFCausalLM:
         else:  # never read: every scored position lies beyond its prefix
             logprobs = [[0.0] * (len(p) - 1) for p in prefixes]
             greedy = [[True] * (len(p) - 1) for p in prefixes]
-        return logprobs, greedy, out.logits[:, -1].float(), out.past_key_values, mask
+        return logprobs, greedy, out.logits[:, -1].float(), _output_cache(out), mask
 
     def _run_suffixes(self, units, last_logits, cache, prefix_mask):
         """Run every request's suffix on its unit's cached prefix."""
@@ -361,8 +380,10 @@ class HFCausalLM:
         targets, _ = _right_pad([s[1:] for s in suffixes], 0, self.device)
         mask = torch.cat([prefix_mask[index], suffix_mask], dim=1)
         positions = torch.tensor(starts, device=self.device)[:, None] + torch.arange(ids.shape[1], device=self.device)
+        # transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` (the old name warns)
+        cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_arg: cache}
         )
         lp, gr = _token_logprobs(out.logits, targets)
         lp, gr = lp.tolist(), gr.tolist()
@@ -477,6 +498,34 @@ def cut_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
         if stop and found != -1:
             cut = min(cut, found)
     return text[:cut]
+
+
+def _output_cache(out):
+    """The KV cache of a forward's output (transformers 5.24 names it ``cache``; reading the old
+    ``past_key_values`` warns there)."""
+    return out["cache"] if "cache" in out else out.past_key_values
+
+
+def _group_units(group: list[ScoreRequest]) -> list[Unit]:
+    """A group as units: one unit over the group's shared prefix, or, where its requests share
+    nothing, one unit per request (its tokens but the last as the prefix)."""
+    prefix_len = _shared_prefix_len([r.tokens for r in group])
+    if prefix_len >= 1:
+        return [Unit(group[0].tokens[:prefix_len], list(group))]
+    return [Unit(request.tokens[:-1], [request]) for request in group]
+
+
+def _scores_of(units: list[Unit], flat) -> list[Score]:
+    """The Scores of the units' requests (in order), reading per-token (logprobs, greedy) from ``flat``;
+    ``logprobs[t - 1]`` is token t's score, positions before ``score_from`` are never read."""
+    scores = []
+    for unit in units:
+        for request in unit.requests:
+            logprobs, greedy = next(flat)
+            start = request.score_from - 1
+            lp, gr = logprobs[start:], greedy[start:]
+            scores.append(Score(float(sum(lp)), len(lp), all(gr)))
+    return scores
 
 
 def _shared_prefix_len(sequences: list[list[int]]) -> int:
