@@ -137,6 +137,10 @@ class Run:
         """The model of the run on this rank's device, with the ``--coeff_path`` plan installed."""
         lm = build(MODELS, self.model_cfg)
         apply_compression(lm, coeff_path)
+        for task in self.tasks:  # inferencer settings that only the model can check (a rolling stride)
+            check = getattr(task.inferencer, "check_model", None)
+            if check is not None:
+                check(lm)
         return lm
 
     def print(self, text: str) -> None:
