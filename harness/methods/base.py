@@ -50,15 +50,29 @@ class Method:
     """Base class of the registered methods (see the module docstring)."""
 
     needs_calibration = False
+    needs_budget = True  # False for methods that drop whole layers or blocks (they take drop_n)
+    needs_experts = True  # the model must have MoE layers
 
     def build(self, inputs: MethodInputs) -> CompressionPlan:
         raise NotImplementedError
 
+    def check(self, inputs: MethodInputs) -> None:
+        """Refuse inputs the method cannot use (called before calibration and before any weight changes)."""
+        if self.needs_experts and not inputs.shape.moe_layers:
+            raise HarnessError(f"{type(self).__name__} compresses experts but the model has no MoE layers; "
+                               "use a Mixture-of-Experts model or block_drop")
+        if self.needs_budget:
+            self.check_budget(inputs)
+
     def check_budget(self, inputs: MethodInputs) -> None:
-        """A budget keeps at least one expert and at most all of them."""
-        if not 1 <= inputs.budget <= inputs.shape.num_experts:
+        """A budget keeps at least the model's top-k experts and fewer than all E."""
+        shape = inputs.shape
+        if inputs.budget is None:
+            raise HarnessError(f"{type(self).__name__} needs --budget B (experts kept per MoE layer)")
+        if not shape.top_k <= inputs.budget < shape.num_experts:
             raise HarnessError(
-                f"--budget {inputs.budget} must be between 1 and the model's {inputs.shape.num_experts} experts"
+                f"--budget {inputs.budget} must be at least the model's top-k ({shape.top_k}) and below its "
+                f"{shape.num_experts} experts"
             )
 
 
@@ -70,9 +84,10 @@ def method(name: str, **settings) -> Method:
 def build_plan(name: str, inputs: MethodInputs, **settings) -> CompressionPlan:
     """Run method ``name`` on ``inputs``; the plan's metadata names the method and its settings."""
     chosen = method(name, **settings)
-    chosen.check_budget(inputs)
+    chosen.check(inputs)
     if chosen.needs_calibration and inputs.stats is None:
         raise HarnessError(f"method {name!r} needs calibration statistics; give it calibration data")
     plan = chosen.build(inputs)
-    plan.metadata = {"method": name, "budget": inputs.budget, **settings, **dict(plan.metadata or {})}
+    sizes = {key: value for key, value in (("budget", inputs.budget), ("drop_n", inputs.drop_n)) if value is not None}
+    plan.metadata = {"method": name, **sizes, **settings, **dict(plan.metadata or {})}
     return plan

@@ -9,9 +9,10 @@ from harness.methods.base import Method, MethodInputs
 from harness.registry import METHODS
 
 
-def top_experts(counts: torch.Tensor, budget: int) -> list[int]:
-    """The ``budget`` most frequent experts, ties to the lower id, sorted by id."""
-    order = sorted(range(len(counts)), key=lambda e: (-int(counts[e]), e))
+def top_experts(scores: torch.Tensor, budget: int) -> list[int]:
+    """The ``budget`` experts with the highest scores (counts, saliencies), ties to the lower id,
+    sorted by id."""
+    order = sorted(range(len(scores)), key=lambda e: (-float(scores[e]), e))
     return sorted(order[:budget])
 
 
