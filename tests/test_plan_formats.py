@@ -217,7 +217,7 @@ def test_harness_file_layout_read_independently(tmp_path):
     with safe_open(str(path), framework="pt") as fh:
         header = json.loads(fh.metadata()[HEADER_KEY])
         names = set(fh.keys())
-    assert header["format_version"] == FORMAT_VERSION == 1
+    assert header["format_version"] == 1 and FORMAT_VERSION == 2  # nothing of version 2's: still written as 1
     assert (header["num_layers"], header["num_experts"], header["hidden_size"], header["skip_blocks"]) == (6, 8, 64, [5])
     assert header["layers"]["1"] == {"mode": "routed", "top_k": 1, "skip_threshold": 0.3}
     assert header["layers"]["3"]["mode"] == "dropped"
@@ -274,9 +274,9 @@ def write_with_header(path, header: dict, tensors=None):
 
 
 def test_newer_and_unknown_versions_are_refused(tmp_path):
-    header = {"format_version": 2, "num_layers": 2, "num_experts": 8, "layers": {}}
+    header = {"format_version": 3, "num_layers": 2, "num_experts": 8, "layers": {}}
     newer = write_with_header(tmp_path / "newer.safetensors", header)
-    with pytest.raises(HarnessError, match=r"newer.safetensors has format_version 2, newer than this harness reads \(1\)"):
+    with pytest.raises(HarnessError, match=r"newer.safetensors has format_version 3, newer than this harness reads \(2\)"):
         load_plan(newer)
     for version in (0, "1", None):
         bad = write_with_header(tmp_path / "bad.safetensors", {**header, "format_version": version})

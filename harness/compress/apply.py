@@ -17,6 +17,11 @@ What each layer mode becomes (E original experts, B kept slots, k active per tok
       q = R p ;  selection scores = R (p + correction bias)   (bias: DeepSeek-V3 only)
       S = top-k of the selection scores (group-limited where the family does that)
       w = q[S], renormalised by the family's own rule, NAEE skip, times routed_scaling_factor.
+- routed after top-k (``expert_to_slot``; M-SMoE, HC-SMoE): the experts are merged as above (each
+  original expert's neurons first re-ordered by ``permutations`` when the plan has them) and an
+  ``AliasedRouter`` takes the router's place: the family's own router forward, over the E
+  originals with the plan's top-k, then each picked expert's index becomes its slot. Two picks in
+  one slot stay two entries, so the experts forward adds their weights.
 - condensed (CD-MoE): every token uses all B (merged) experts with the fixed
   ``condensed_weights``; the router is bypassed and no scaling factor is applied.
 - dropped (Layer Drop): the whole MLP sub-layer, shared experts included, returns zeros, so the
@@ -79,6 +84,8 @@ def validate_plan_for_model(model, plan: CompressionPlan) -> ResolvedMoE:
         if not moe.is_moe(index):
             raise HarnessError(f"plan layer {index}: decoder layer {index} of this model is dense (no experts); remove it from the plan")
         slots = layer_plan.budget(moe.num_experts)
+        if layer_plan.permutations is not None:
+            _check_permutations_fit(moe, index, layer_plan.permutations)
         if layer_plan.mode == "routed" and layer_plan.top_k is None and moe.top_k > slots:
             raise HarnessError(
                 f"plan layer {index}: keeps {slots} experts but the model routes to {moe.top_k}; set top_k <= {slots}"
@@ -86,29 +93,58 @@ def validate_plan_for_model(model, plan: CompressionPlan) -> ResolvedMoE:
     return moe
 
 
+def _check_permutations_fit(moe: ResolvedMoE, index: int, permutations: torch.Tensor) -> None:
+    experts = moe.experts(moe.block(index))
+    width = experts.down_proj.shape[-1]
+    if permutations.shape[1] != width:
+        raise HarnessError(f"plan layer {index}: permutations order {permutations.shape[1]} neurons but the experts "
+                           f"have {width}; use a plan made for this model")
+    unknown = [name for name in moe.expert_tensors if name not in NEURON_AXES]
+    if unknown:
+        raise HarnessError(f"plan layer {index}: cannot permute the neurons of expert tensors {unknown}")
+
+
 # ----------------------------------------------------------------------------------------------
 # Expert merging.
 
+# Where each expert tensor (one expert's slice) holds the intermediate neurons: (dim, halves).
+# gate_up_proj (2I, H) is [gate; up], so both halves are re-ordered alike; down_proj is (H, I).
+NEURON_AXES = {"gate_up_proj": (0, 2), "down_proj": (1, 1), "gate_up_proj_bias": (0, 2), "down_proj_bias": None}
 
-def merge_expert_tensor(weight: torch.Tensor, merge: torch.Tensor) -> torch.Tensor:
-    """``out[i] = sum_e merge[i, e] * weight[e]`` in fp32, cast to ``weight.dtype``.
 
-    Rows that are one-hot copy the expert bit-exactly. Works expert by expert so the extra memory
-    is one fp32 expert, not a fp32 copy of all E.
+def permute_neurons(name: str, expert: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """One expert's tensor ``name`` with its intermediate neurons taken in ``order`` (length I)."""
+    axes = NEURON_AXES[name]
+    if axes is None:
+        return expert
+    dim, halves = axes
+    width = expert.shape[dim] // halves
+    order = order.to(expert.device).long()
+    index = torch.cat([order + h * width for h in range(halves)])
+    return expert.index_select(dim, index)
+
+
+def merge_expert_tensor(weight: torch.Tensor, merge: torch.Tensor, align=None) -> torch.Tensor:
+    """``out[i] = sum_e merge[i, e] * align(e, weight[e])`` in fp32, cast to ``weight.dtype``.
+
+    ``align(e, expert)`` re-orders expert e's neurons (None: as is). Rows that are one-hot copy the
+    (aligned) expert bit-exactly. Works expert by expert so the extra memory is one fp32 expert,
+    not a fp32 copy of all E.
     """
     merge = merge.detach().to("cpu", torch.float32)
-    if is_one_hot(merge):
+    if align is None and is_one_hot(merge):
         kept = merge.argmax(dim=1).to(weight.device)
         return weight.detach().index_select(0, kept)
+    align = align or (lambda e, expert: expert)
     out = torch.empty((merge.shape[0], *weight.shape[1:]), dtype=weight.dtype, device=weight.device)
     for i, row in enumerate(merge):
         experts = row.nonzero().flatten().tolist()
         if len(experts) == 1 and row[experts[0]] == 1:
-            out[i] = weight[experts[0]].detach()
+            out[i] = align(experts[0], weight[experts[0]].detach())
             continue
         acc = torch.zeros(weight.shape[1:], dtype=torch.float32, device=weight.device)
         for e in experts:
-            acc.add_(weight[e].detach().float(), alpha=float(row[e]))
+            acc.add_(align(e, weight[e].detach()).float(), alpha=float(row[e]))
         out[i] = acc.to(weight.dtype)
     return out
 
@@ -226,6 +262,41 @@ def mapped_router_class(base: type) -> type:
     return _MAPPED_CLASSES[base]
 
 
+class AliasedRouter(nn.Module):
+    """Routing after top-k: the family's own router over the E originals, picks sent to slots.
+
+    Installed as a subclass of the family's router class (``aliased_router_class``), holding the
+    original's weight, buffers and settings (shared, not copied), so its forward is the family's.
+    """
+
+    def __init__(self, router: nn.Module, expert_to_slot: torch.Tensor, top_k: int):
+        nn.Module.__init__(self)
+        for name, value in vars(router).items():  # plain settings: top_k, num_group, norm_topk_prob, ...
+            if not name.startswith("_") and name not in ("training", "forward"):
+                setattr(self, name, value)
+        for name, param in router.named_parameters(recurse=False):
+            setattr(self, name, param)
+        for name, buffer in router.named_buffers(recurse=False):
+            self.register_buffer(name, buffer, persistent=name not in router._non_persistent_buffers_set)
+        self.register_buffer("expert_to_slot", expert_to_slot.to(device=router.weight.device, dtype=torch.long))
+        self.top_k = top_k
+        self.training = router.training
+
+    def forward(self, hidden_states):
+        logits, weights, indices = super().forward(hidden_states)
+        return logits, weights, self.expert_to_slot[indices]
+
+
+_ALIASED_CLASSES: dict[type, type] = {}
+
+
+def aliased_router_class(base: type) -> type:
+    """``AliasedRouter`` as a subclass of the family's router class ``base`` (cached)."""
+    if base not in _ALIASED_CLASSES:
+        _ALIASED_CLASSES[base] = type(f"Aliased{base.__name__}", (AliasedRouter, base), {})
+    return _ALIASED_CLASSES[base]
+
+
 class CondensedRouter(nn.Module):
     """CD-MoE: every token gets all B experts with fixed weights; the learned router is bypassed."""
 
@@ -333,7 +404,7 @@ def native_router_settings(moe: ResolvedMoE, lp: LayerPlan) -> dict | None:
     The dict holds the attributes to set on a copy of the original router (``num_experts``,
     ``top_k`` and, for DeepSeek, the group settings) plus ``kept`` (the kept expert indices).
     """
-    if lp.mode != "routed" or lp.skip_threshold is not None:
+    if lp.mode != "routed" or lp.skip_threshold is not None or lp.expert_to_slot is not None:
         return None
     kept = _kept_experts(moe, lp)
     if kept is None:
@@ -378,6 +449,11 @@ def apply_plan(model, plan: CompressionPlan):
             if lp.mode == "dropped":
                 setattr(layers[index], moe.adapter.moe_attr, DroppedMoE(block))
                 continue
+            if lp.mode == "condensed":  # a dense stand-in holding only its experts (harness/compress/condensed.py)
+                from harness.compress.condensed import CondensedMoE
+
+                setattr(layers[index], moe.adapter.moe_attr, CondensedMoE.from_plan(moe, block, lp.merge, lp.condensed_weights))
+                continue
             _apply_to_block(moe, block, lp)
     for index in sorted(set(plan.skip_blocks)):
         layers[index] = SkippedBlock(layers[index], index)
@@ -392,9 +468,17 @@ def _apply_to_block(moe: ResolvedMoE, block, lp: LayerPlan) -> None:
     if lp.merge is not None:
         merge = lp.merge.to(torch.float32)
         for name in moe.expert_tensors:
-            merged = merge_expert_tensor(getattr(experts, name), merge)
+            align = None
+            if lp.permutations is not None:
+                def align(e, expert, name=name):
+                    return permute_neurons(name, expert, lp.permutations[e])
+            merged = merge_expert_tensor(getattr(experts, name), merge, align)
             setattr(experts, name, nn.Parameter(merged, requires_grad=False))
         experts.num_experts = lp.budget(moe.num_experts)
+    if lp.expert_to_slot is not None:
+        aliased = aliased_router_class(type(router))(router, lp.expert_to_slot, lp.top_k or moe.top_k)
+        setattr(block, adapter.router_attr, aliased)
+        return
     if lp.mode == "condensed":
         setattr(block, adapter.router_attr, CondensedRouter(lp.condensed_weights.to(router.weight.device), router.hidden_dim))
         return

@@ -1,7 +1,8 @@
 """Human-readable views of a compression plan: a per-layer text table and a PNG heatmap.
 
 The table says, per decoder layer, what the plan does (mode, kept experts B_l, top-k, which
-original experts survive or that they are merged) and, when the expert shape is known from a
+original experts survive or that they are merged; for routing after top-k, the group of original
+experts each slot stands for, and whether their neurons were aligned) and, when the expert shape is known from a
 transformers config (or given), how many routed-expert parameters and bytes it saves. One expert
 is a SwiGLU MLP of three H x I matrices, so it holds 3 * H * I parameters.
 """
@@ -88,8 +89,13 @@ def _layer_row(plan: CompressionPlan, index: int, shape: ExpertShape | None, def
         mode, budget = lp.mode, lp.budget(E)
         top_k = "-" if lp.mode != "routed" else (lp.top_k if lp.top_k is not None else default_top_k)
         kept = lp.kept_experts(E)
+        groups = lp.groups()
         if lp.mode == "dropped":
             experts = "-"
+        elif groups is not None:  # routing after top-k: each slot's original experts
+            experts = "groups after top-k: " + " ".join("{" + ",".join(map(str, g)) + "}" for g in groups)
+            if lp.permutations is not None:
+                experts += " (aligned)"
         elif kept is None:
             dominant = lp.merge.abs().argmax(dim=1).tolist()
             experts = "merged (mostly " + " ".join(str(e) for e in dominant) + ")"

@@ -3,9 +3,11 @@
 Formats (documented in ``searched_coeff/README.md``), detected by content, not by extension:
 
 - **harness** (ours): one ``.safetensors`` file. Tensors ``layers.{l}.merge``, ``layers.{l}.router``,
-  ``layers.{l}.condensed_weights``; the safetensors metadata key ``harness_plan`` holds a JSON
-  header (``format_version``, sizes, skip_blocks, per-layer mode / top_k / skip_threshold, free
-  metadata). Bytes: 8-byte little-endian header length, then ``{``.
+  ``layers.{l}.condensed_weights`` (float32); the safetensors metadata key ``harness_plan`` holds a
+  JSON header (``format_version``, sizes, skip_blocks, per-layer mode / top_k / skip_threshold, free
+  metadata). Bytes: 8-byte little-endian header length, then ``{``. Version 2 adds the int64
+  tensors ``layers.{l}.expert_to_slot`` (routing after top-k) and ``layers.{l}.permutations``
+  (neuron alignment); a plan without them is still written as version 1, byte for byte as before.
 - **eep**: the EEP release's ``torch.save`` dict (a zip starting with ``PK``) of (B, E) tensors
   keyed ``layers.N`` / ``layers.[a-b]`` / ``others`` (merging) and ``transfer.N`` /
   ``transfer.[a-b]`` / ``others_transfer`` (router mapping). Always read with weights_only=True.
@@ -33,7 +35,8 @@ from harness.errors import HarnessError
 from harness.io import atomic_write
 from harness.safe_load import safe_torch_load
 
-FORMAT_VERSION = 1  # of the harness format; readers refuse newer files
+FORMAT_VERSION = 2  # the newest version of the harness format this harness reads; newer files are refused
+V2_FIELDS = ("expert_to_slot", "permutations")  # int64 tensors only version 2 has
 HEADER_KEY = "harness_plan"  # safetensors metadata key of the JSON header
 EEP_NUM_LAYERS = 32  # Mixtral-8x7B, the model the released EEP files were searched for
 SAVE_FORMATS = ("harness", "eep")
@@ -44,7 +47,7 @@ MAX_PLAN_BYTES = 256 * 2**20
 MAX_MASK_BYTES = 16 * 2**20
 MAX_JSON_DEPTH = 64  # a plan's JSON nests about 4 deep; free metadata gets room to spare
 
-_TENSOR_NAME = re.compile(r"^layers\.(\d+)\.(merge|router|condensed_weights)$")
+_TENSOR_NAME = re.compile(r"^layers\.(\d+)\.(merge|router|condensed_weights|expert_to_slot|permutations)$")
 _EEP_KEY = re.compile(r"^(layers|transfer)\.(?:(\d+)|\[(\d+)-(\d+)\])$")
 _MASK_KEYS = {"num_experts", "kept", "num_layers", "top_k", "metadata"}
 
@@ -160,10 +163,16 @@ def _torch_save(obj, file: Path) -> None:
 # The harness format.
 
 
+def file_version(plan: CompressionPlan) -> int:
+    """2 when the plan routes after top-k or permutes neurons, else 1 (older readers still read it)."""
+    uses_v2 = any(getattr(lp, name) is not None for lp in plan.layers.values() for name in V2_FIELDS)
+    return 2 if uses_v2 else 1
+
+
 def plan_header(plan: CompressionPlan) -> dict:
     """The JSON header stored under ``harness_plan`` (everything but the tensors)."""
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": file_version(plan),
         "num_layers": plan.num_layers,
         "num_experts": plan.num_experts,
         "hidden_size": plan.hidden_size,
@@ -177,10 +186,10 @@ def plan_header(plan: CompressionPlan) -> dict:
 
 
 def write_harness_plan(plan: CompressionPlan, path: str | os.PathLike) -> Path:
-    """Write the plan as one safetensors file (tensors float32, header JSON in the metadata)."""
+    """Write the plan as one safetensors file (float32 and int64 tensors, header JSON in the metadata)."""
     tensors = {}
     for index, lp in plan.layers.items():
-        for name in ("merge", "router", "condensed_weights"):
+        for name in ("merge", "router", "condensed_weights", *V2_FIELDS):
             value = getattr(lp, name)
             if value is not None:
                 tensors[f"layers.{index}.{name}"] = value
@@ -193,14 +202,17 @@ def write_harness_plan(plan: CompressionPlan, path: str | os.PathLike) -> Path:
 
 
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """A safetensors file of float32 ``tensors``, written here so its bytes are fixed: header JSON with
-    sorted keys (the safetensors library orders metadata by a per-process hash), data by name."""
+    """A safetensors file of ``tensors`` (floats as float32, integers as int64), written here so its
+    bytes are fixed: header JSON with sorted keys (the safetensors library orders metadata by a
+    per-process hash), data by name."""
     header: dict = {"__metadata__": metadata}
     chunks, offset = [], 0
     for name in sorted(tensors):
-        values = tensors[name].detach().to("cpu", torch.float32).contiguous()
-        chunk = values.numpy().astype("<f4", copy=False).tobytes()
-        header[name] = {"dtype": "F32", "shape": list(values.shape), "data_offsets": [offset, offset + len(chunk)]}
+        integer = not (tensors[name].is_floating_point() or tensors[name].is_complex())
+        dtype, code, numpy_type = (torch.int64, "I64", "<i8") if integer else (torch.float32, "F32", "<f4")
+        values = tensors[name].detach().to("cpu", dtype).contiguous()
+        chunk = values.numpy().astype(numpy_type, copy=False).tobytes()
+        header[name] = {"dtype": code, "shape": list(values.shape), "data_offsets": [offset, offset + len(chunk)]}
         chunks.append(chunk)
         offset += len(chunk)
     text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -271,7 +283,11 @@ def _plan_from_header(file: Path, header: dict, tensors: dict[str, torch.Tensor]
         index, field_name = int(match.group(1)), match.group(2)
         if index not in layers:
             raise HarnessError(f"plan file {file}: tensor {name!r} has no entry for layer {index} in the header")
-        setattr(layers[index], field_name, tensor.to(torch.float32))
+        integer = not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+        if field_name in V2_FIELDS and not integer:
+            raise HarnessError(f"plan file {file}: layer {index}: {field_name} must hold integers, got {tensor.dtype}")
+        # Values (slot ranges, permutations, ...) are checked by CompressionPlan.validate.
+        setattr(layers[index], field_name, tensor.long() if field_name in V2_FIELDS else tensor.to(torch.float32))
     metadata = header.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise HarnessError(f"plan file {file}: header 'metadata' must be a JSON object")
@@ -471,7 +487,7 @@ def _mask_int(where: str, name: str, value) -> int:
 
 
 __all__ = [
-    "FORMAT_VERSION", "HEADER_KEY", "MAX_PLAN_BYTES", "MAX_MASK_BYTES", "MAX_JSON_DEPTH", "check_size",
+    "FORMAT_VERSION", "V2_FIELDS", "file_version", "HEADER_KEY", "MAX_PLAN_BYTES", "MAX_MASK_BYTES", "MAX_JSON_DEPTH", "check_size",
     "detect_format", "load_plan", "save_plan", "plan_header", "safetensors_bytes",
     "read_harness_plan", "write_harness_plan", "parse_eep_key", "eep_key_for_layer", "plan_from_eep",
     "plan_from_mask",

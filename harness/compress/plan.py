@@ -11,6 +11,14 @@ Semantics for one MoE layer with E original experts and B kept slots:
                                                     of the kept experts are sliced instead, which
                                                     needs one-hot ``merge`` rows)
     top-k of q, then the architecture's own renormalisation / scaling.
+
+Routing after top-k (M-SMoE, HC-SMoE: ``expert_to_slot`` set, ``router`` None): the model's own
+router scores and picks its top-k over the E original experts (groups, correction bias,
+renormalisation and scaling exactly as the family does); each picked expert e then sends its weight
+to slot ``expert_to_slot[e]``, and two picks landing in one slot add up. Only the B merged experts
+are kept. ``permutations`` (E, I) re-orders each original expert's intermediate neurons before
+merging (neuron alignment): expert e's gate and up rows and down columns are taken in the order
+``permutations[e]``, which leaves that expert's own function unchanged.
 """
 from __future__ import annotations
 
@@ -56,6 +64,10 @@ class LayerPlan:
     skip_threshold: float | None = None
     # mode == "condensed": (B_l,) fixed weights of the B_l (merged) experts, active for every token.
     condensed_weights: torch.Tensor | None = None
+    # (E,) int64: routing after top-k; original expert e's picks go to slot expert_to_slot[e]. None: off.
+    expert_to_slot: torch.Tensor | None = None
+    # (E, I) int64: per original expert, the order of its intermediate neurons before merging. None: as is.
+    permutations: torch.Tensor | None = None
 
     def budget(self, num_experts: int) -> int:
         """B_l: the experts this layer keeps (0 when the layer is dropped)."""
@@ -73,12 +85,21 @@ class LayerPlan:
             return []
         if self.merge is None:
             return list(range(num_experts))
-        if not is_one_hot(self.merge):
+        if not is_one_hot(self.merge) or self.expert_to_slot is not None:
             return None
         return [int(e) for e in self.merge.argmax(dim=1)]
 
+    def groups(self) -> list[list[int]] | None:
+        """Routing after top-k: the original experts routed to each slot (slot order), else None."""
+        if self.expert_to_slot is None:
+            return None
+        slots = self.expert_to_slot.tolist()
+        return [[e for e, s in enumerate(slots) if s == slot] for slot in range(self.budget(len(slots)))]
+
     def is_pure_pruning(self) -> bool:
         """One-hot merge rows (or none) and a router that is absent or equal to the merge rows."""
+        if self.expert_to_slot is not None:
+            return False
         if self.merge is None:
             return self.router is None
         if not is_one_hot(self.merge):
@@ -207,7 +228,8 @@ class CompressionPlan:
         """16 hex digits naming what the plan does to a model's outputs (cache identities use it).
 
         A sha256 over the sizes, ``skip_blocks`` (as a set) and, per layer in index order, the mode,
-        top_k, skip threshold and each tensor's shape and float32 bytes. Metadata, dict insertion
+        top_k, skip threshold and each tensor's shape and float32 bytes (``expert_to_slot`` and
+        ``permutations`` too; permutations that leave every expert in order count as absent). Metadata, dict insertion
         order, the tensors' dtype, layout and device, and -0.0 versus 0.0 do not count; a layer
         entry that changes nothing (a default ``LayerPlan``, or an identity merge with no router)
         counts as absent. The same plan read back from any format it can be written in gives the
@@ -232,7 +254,8 @@ class CompressionPlan:
                 continue
             entry = {"mode": lp.mode, "top_k": lp.top_k,
                      "skip_threshold": None if lp.skip_threshold is None else float(lp.skip_threshold)}
-            named = {"merge": merge, "router": lp.router, "condensed_weights": lp.condensed_weights}
+            named = {"merge": merge, "router": lp.router, "condensed_weights": lp.condensed_weights,
+                     "expert_to_slot": lp.expert_to_slot, "permutations": _unless_identity_rows(lp.permutations)}
             if entry == {"mode": "routed", "top_k": None, "skip_threshold": None} and not any(
                     t is not None for t in named.values()):
                 continue
@@ -257,6 +280,10 @@ class CompressionPlan:
         where = str(self.metadata.get("source") or "compression plan")
         if self.skip_blocks:
             raise HarnessError(f"{where}: skip_blocks cannot be saved in EEP format; save with format='harness'")
+        for index, lp in sorted(self.layers.items()):
+            if lp.expert_to_slot is not None or lp.permutations is not None:
+                raise HarnessError(f"{where}: layer {index}: routing after top-k and neuron permutations cannot be "
+                                   "saved in EEP format (it maps before top-k); save with format='harness'")
         coeffs = {}
         for index in range(self.num_layers):
             lp = self.layer(index)
@@ -270,6 +297,14 @@ class CompressionPlan:
             coeffs[f"layers.{index}"] = merge.detach().to("cpu", torch.float32).contiguous().clone()
             coeffs[f"transfer.{index}"] = router.detach().to("cpu", torch.float32).contiguous().clone()
         return coeffs
+
+
+def _unless_identity_rows(permutations: torch.Tensor | None) -> torch.Tensor | None:
+    """None when every row of ``permutations`` keeps the neurons in order (nothing is re-ordered)."""
+    if permutations is None or not torch.equal(
+            permutations.long(), torch.arange(permutations.shape[-1]).expand_as(permutations)):
+        return permutations
+    return None
 
 
 def _is_identity(matrix: torch.Tensor) -> bool:
@@ -310,6 +345,8 @@ def _validate_layer(where: str, lp: LayerPlan, num_experts: int) -> None:
     for name in ("merge", "router"):
         _check_matrix(where, name, getattr(lp, name), num_experts)
     if lp.mode == "dropped":
+        if lp.expert_to_slot is not None or lp.permutations is not None:
+            raise HarnessError(f"{where}: a dropped layer has no experts; remove expert_to_slot / permutations")
         return
     slots = lp.budget(num_experts)
     if slots > num_experts:
@@ -331,7 +368,9 @@ def _validate_layer(where: str, lp: LayerPlan, num_experts: int) -> None:
             raise HarnessError(f"{where}: condensed_weights contains NaN or inf")
     elif lp.condensed_weights is not None:
         raise HarnessError(f"{where}: condensed_weights is set but mode is {lp.mode!r}; set mode='condensed' or remove it")
-    if lp.mode == "routed" and lp.router is None and lp.merge is not None and not is_one_hot(lp.merge):
+    _validate_after_top_k(where, lp, num_experts, slots)
+    if lp.mode == "routed" and lp.router is None and lp.merge is not None and not is_one_hot(lp.merge) \
+            and lp.expert_to_slot is None:
         raise HarnessError(f"{where}: merge rows are not one-hot (experts merged) but router is None; give a router mapping")
     if lp.top_k is not None and (isinstance(lp.top_k, bool) or not isinstance(lp.top_k, int) or not 1 <= lp.top_k <= slots):
         raise HarnessError(f"{where}: top_k {lp.top_k!r} must be an int in [1, B={slots}]")
@@ -339,6 +378,37 @@ def _validate_layer(where: str, lp: LayerPlan, num_experts: int) -> None:
         beta = lp.skip_threshold
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
             raise HarnessError(f"{where}: skip_threshold {beta!r} must be a finite number >= 0")
+
+
+def _validate_after_top_k(where: str, lp: LayerPlan, num_experts: int, slots: int) -> None:
+    """Checks of ``expert_to_slot`` (a map onto every slot) and ``permutations`` (true permutations)."""
+    if lp.expert_to_slot is not None:
+        slot_map = lp.expert_to_slot
+        if not isinstance(slot_map, torch.Tensor) or slot_map.is_floating_point() or slot_map.is_complex() \
+                or slot_map.dtype == torch.bool or tuple(slot_map.shape) != (num_experts,):
+            got = (str(slot_map.dtype), tuple(slot_map.shape)) if isinstance(slot_map, torch.Tensor) else type(slot_map).__name__
+            raise HarnessError(f"{where}: expert_to_slot must be an int tensor of shape ({num_experts},), got {got}")
+        if lp.mode != "routed" or lp.router is not None or lp.merge is None or lp.skip_threshold is not None:
+            raise HarnessError(f"{where}: expert_to_slot (routing after top-k) needs mode 'routed', a merge matrix, "
+                               "no router mapping and no skip_threshold")
+        bad = sorted({int(s) for s in slot_map.tolist() if not 0 <= int(s) < slots})
+        if bad:
+            raise HarnessError(f"{where}: expert_to_slot names slots {bad}, out of range for B={slots} slots [0, {slots})")
+        missing = sorted(set(range(slots)) - {int(s) for s in slot_map.tolist()})
+        if missing:
+            raise HarnessError(f"{where}: expert_to_slot routes no expert to slots {missing}; every slot needs one")
+    if lp.permutations is not None:
+        perms = lp.permutations
+        if not isinstance(perms, torch.Tensor) or perms.is_floating_point() or perms.is_complex() \
+                or perms.dtype == torch.bool or perms.dim() != 2 or perms.shape[0] != num_experts or perms.shape[1] < 1:
+            got = (str(perms.dtype), tuple(perms.shape)) if isinstance(perms, torch.Tensor) else type(perms).__name__
+            raise HarnessError(f"{where}: permutations must be an int tensor of shape ({num_experts}, I), got {got}")
+        if lp.merge is None:
+            raise HarnessError(f"{where}: permutations re-order neurons before merging; give a merge matrix")
+        order = torch.arange(perms.shape[1]).expand_as(perms)
+        wrong = [e for e in range(num_experts) if not torch.equal(perms[e].long().sort().values, order[e])]
+        if wrong:
+            raise HarnessError(f"{where}: permutations rows {wrong[:5]} are not permutations of 0..{perms.shape[1] - 1}")
 
 
 def _check_matrix(where: str, name: str, value, num_experts: int) -> None:
