@@ -22,7 +22,9 @@ from harness.compress.plan import CompressionPlan
 from harness.errors import HarnessError
 from harness.io import atomic_write_json, results_path
 from harness.methods.base import MethodInputs, ModelShape, build_plan, method
-from harness.methods.calibration import CalibrationStats, calibrate, task_texts
+from harness.methods.calibration import DEFAULT_CACHE_TOKENS, CalibrationStats, calibrate
+from harness.methods.calibration_data import CalibrationData, prompt_samples
+from harness.methods.calibration_store import cached_calibration, fingerprint, model_identity
 from harness.pipeline import EvalTask
 from harness.run import Run
 from harness.search.base import Search
@@ -44,6 +46,9 @@ class PlanRunner:
         self.lm = lm
         self.evaluator = PlanEvaluator(lm, metric=metric)
         self.shape = ModelShape.of(lm.model)
+        self.calibration_key: str | None = None  # fingerprint of the last calibration
+        self.calibration_reused = False
+        self.calibration_dir: Path | None = None  # where statistics are saved (default <work_dir>/calibration)
 
     def check_budget(self, budget: int) -> None:
         """A budget keeps at least one expert and at most all of them (checked before any output)."""
@@ -51,26 +56,56 @@ class PlanRunner:
             raise HarnessError(f"--budget {budget} must be between 1 and the model's {self.shape.num_experts} experts")
 
     # ------------------------------------------------------------------ methods
-    def calibration(self, tasks: list[EvalTask], limit: int, source: str) -> CalibrationStats:
-        """Routing statistics of the uncompressed model on the tasks' prompts (at most ``limit``)."""
-        texts: list[str] = []
-        for task in tasks:
-            texts += task_texts(task, self.lm, limit - len(texts))
-            if len(texts) >= limit:
-                break
-        self.evaluator.use(None)
-        return calibrate(self.lm, texts[:limit], source=f"{source} ({len(texts[:limit])} prompts)")
+    def prompt_data(self, tasks: list[EvalTask], limit: int, source: str, seq_len: int | None = None) -> CalibrationData:
+        """The tasks' prompts (at most ``limit``) as calibration samples."""
+        return prompt_samples(tasks, self.lm, limit, seq_len, source)
 
-    def make_plan(self, name: str, budget: int, seed: int = 0, calibration=None, **settings) -> CompressionPlan:
-        """A plan from method ``name``; ``calibration()`` is called only if the method needs statistics."""
-        inputs = MethodInputs(self.shape, budget, seed)
-        inputs_stats = None
+    def calibrate(self, data: CalibrationData, cache_tokens: int = DEFAULT_CACHE_TOKENS) -> CalibrationStats:
+        """Statistics of the uncompressed model on ``data``: read from ``calibration_dir`` when a
+        pass with the same model, tokens and settings was saved there, else one pass (then saved)."""
+        self.evaluator.use(None)
+        settings = {"cache_tokens": int(cache_tokens)}
+        self.calibration_key = fingerprint(model_identity(self.lm), data.samples, settings)
+        folder = self.calibration_dir or (self.run.work_dir / "calibration" if self.run is not None else None)
+
+        def compute():
+            log.info("calibrating on %s", data.source)
+            return calibrate(self.lm, data.samples, source=data.source, cache_tokens=cache_tokens)
+
+        stats, reused = cached_calibration(folder, self.calibration_key, compute, write=distributed.is_main())
+        log.info("calibration %s %s", self.calibration_key, "reused" if reused else "computed")
+        self.calibration_reused = reused
+        return stats
+
+    def method_inputs(self, budget: int | None, seed: int = 0, drop_n: int | None = None,
+                      data: CalibrationData | None = None) -> MethodInputs:
+        return MethodInputs(self.shape, budget, seed, model=self.lm.model, drop_n=drop_n,
+                            samples=data.samples if data is not None else None)
+
+    def check_method(self, name: str, budget: int | None, drop_n: int | None = None,
+                     data: CalibrationData | None = None, **settings) -> None:
+        """Refuse a method, its settings, budget or drop_n before any calibration or output."""
+        chosen = method(name, **settings)
+        chosen.check(self.method_inputs(budget, drop_n=drop_n, data=data))
+        if chosen.needs_calibration and data is None:
+            raise HarnessError(f"method {name!r} needs calibration data; pass --calib_data FILE or --calib_cfg CFG")
+
+    def make_plan(self, name: str, budget: int | None, seed: int = 0, calibration=None, drop_n: int | None = None,
+                  cache_tokens: int = DEFAULT_CACHE_TOKENS, **settings) -> CompressionPlan:
+        """A plan from method ``name``. ``calibration``: a CalibrationData (calibrated, or read back,
+        only if the method needs statistics), or a callable returning one."""
+        inputs = MethodInputs(self.shape, budget, seed, model=self.lm.model, drop_n=drop_n)
         if method(name, **settings).needs_calibration:
             if calibration is None:
                 raise HarnessError(f"method {name!r} needs calibration data")
-            inputs_stats = calibration()
-        inputs.stats = inputs_stats
-        return build_plan(name, inputs, **settings)
+            data = calibration() if callable(calibration) else calibration
+            inputs.stats = self.calibrate(data, cache_tokens)
+            inputs.samples = data.samples
+        self.evaluator.use(None)
+        plan = build_plan(name, inputs, **settings)
+        if inputs.stats is not None:
+            plan.metadata["calibration_fingerprint"] = self.calibration_key
+        return plan
 
     # ------------------------------------------------------------------ searches
     def plan_space(self, budget: int, groups) -> PlanSpace:

@@ -51,6 +51,7 @@ class Method:
 
     needs_calibration = False
     needs_budget = True  # False for methods that drop whole layers or blocks (they take drop_n)
+    needs_drop_n = False  # True for methods that drop whole layers or blocks
     needs_experts = True  # the model must have MoE layers
 
     def build(self, inputs: MethodInputs) -> CompressionPlan:

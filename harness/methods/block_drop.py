@@ -25,6 +25,7 @@ def span_similarity(stats, start: int, length: int) -> float:
 class BlockDrop(Method):
     needs_calibration = True
     needs_budget = False
+    needs_drop_n = True
     needs_experts = False  # dense blocks are candidates too
 
     def __init__(self, mode: str = "discrete"):

@@ -1,5 +1,5 @@
 """Saved calibration statistics: one safetensors file per (model, plan, data, settings) fingerprint in
-``<work_dir>/calibration/``, so five methods on one model and calibration set cost one pass.
+``<work_dir>/calibration/`` (or a folder several runs share), so five methods on one model and calibration set cost one pass.
 
 The file is written atomically after the pass; a killed pass leaves nothing behind but a temp file
 that the next write removes, and the rerun computes the same statistics again.
@@ -38,8 +38,8 @@ def fingerprint(identity: dict, samples: list[list[int]], settings: dict) -> str
     return digest.hexdigest()[:16]
 
 
-def stats_path(work_dir: str | Path, key: str) -> Path:
-    return Path(work_dir) / "calibration" / f"{key}.safetensors"
+def stats_path(folder: str | Path, key: str) -> Path:
+    return Path(folder) / f"{key}.safetensors"
 
 
 def save_stats(stats: CalibrationStats, path: str | Path) -> Path:
@@ -59,9 +59,10 @@ def load_stats(path: str | Path) -> CalibrationStats:
         raise HarnessError(f"calibration file {path} is unreadable ({exc}); delete it to recalibrate") from None
 
 
-def cached_calibration(work_dir: str | Path | None, key: str, compute, write: bool = True) -> tuple[CalibrationStats, bool]:
-    """The saved statistics under ``key``, else ``compute()`` (saved when ``write``); (stats, reused)."""
-    path = stats_path(work_dir, key) if work_dir is not None else None
+def cached_calibration(folder: str | Path | None, key: str, compute, write: bool = True) -> tuple[CalibrationStats, bool]:
+    """The saved statistics ``folder/key.safetensors``, else ``compute()`` (saved when ``write``);
+    (stats, reused)."""
+    path = stats_path(folder, key) if folder is not None else None
     if path is not None and path.is_file():
         return load_stats(path), True
     stats = compute()

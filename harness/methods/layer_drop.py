@@ -18,6 +18,7 @@ def moe_similarities(stats) -> dict[int, float]:
 class LayerDrop(Method):
     needs_calibration = True
     needs_budget = False
+    needs_drop_n = True
 
     def check(self, inputs: MethodInputs) -> None:
         layers = len(inputs.shape.moe_layers)
