@@ -335,3 +335,23 @@ def test_apply_equals_materialise_and_reload(tmp_path, arch):
         assert torch.equal(loaded.model.layers[index].mlp.gate.expert_to_slot, layers[index].expert_to_slot)
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, applied(IDS).logits)
+
+
+def test_the_tools_describe_and_materialise_a_merged_plan(tmp_path, capsys):
+    from harness.compress.materialize import load_compressed
+    from tools.describe_plan import main as describe_main
+    from tools.materialize import main as materialize_main
+
+    original = build_model("mixtral")
+    original.save_pretrained(tmp_path / "model")
+    plan = v2_plan()
+    save_plan(plan, tmp_path / "plan.safetensors")
+    assert describe_main(["--coeff_path", str(tmp_path / "plan.safetensors"), "--model_path", str(tmp_path / "model")]) == 0
+    assert "groups after top-k: {0,3} {1} {2,5,7} {4,6}" in capsys.readouterr().out
+    assert materialize_main(["--model_path", str(tmp_path / "model"), "--coeff_path", str(tmp_path / "plan.safetensors"),
+                             "--out", str(tmp_path / "out")]) == 0
+    assert "compressed" in capsys.readouterr().out
+    loaded = load_compressed(tmp_path / "out")
+    assert all(loaded.model.layers[i].mlp.experts.gate_up_proj.shape[0] == 4 for i in (0, 1))
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS).logits, apply_plan(copy.deepcopy(original), plan)(IDS).logits)
