@@ -73,6 +73,12 @@ class EvalTask:
         self.template.check_columns(columns, where)
         if self.ice_template is not None:
             self.ice_template.check_columns(columns, where + " (ice_template)")
+        if hasattr(self.inferencer, "check_columns"):  # e.g. a PPL continuations column
+            self.inferencer.check_columns(row, where)
+        if self.data.output_column is None and getattr(self.evaluator, "needs_references", False):
+            # without references every item would count wrong: a score of 0 that means nothing
+            raise HarnessError(f"{where}: {type(self.evaluator).__name__} compares predictions with references, "
+                               "but reader_cfg has no output_column; name the reference column")
 
     # ------------------------------------------------------------------ prompts
     def _row_for_prompt(self, row: dict, blank_output: bool) -> dict:

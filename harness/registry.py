@@ -15,6 +15,8 @@ from harness.errors import HarnessError
 
 # fn(path, **kwargs) -> list[dict] | dict[split, list[dict]]; one loader per file-format family.
 LOADERS = Registry("dataset loader", scope="harness")
+# fn(row: dict, **kwargs) -> dict; applied to every row before templating (harness/openicl/transforms.py)
+ROW_TRANSFORMS = Registry("row transform", scope="harness")
 # fn(rows, **kwargs) -> rows; applied to references before scoring (e.g. gsm8k "#### N" -> "N").
 DATASET_POSTPROCESSORS = Registry("dataset post-processor", scope="harness")
 # fn(text: str, **kwargs) -> str; applied to each prediction before scoring.

@@ -323,3 +323,29 @@ def test_rouge_stemming_and_empty_prediction():
     assert score("RougeEvaluator", ["", "same text"], ["gold", "same text"]) == pytest.approx(
         {"rouge1": 50.0, "rouge2": 50.0, "rougeL": 50.0}
     )
+
+
+# ---------------------------------------------------------------------------------- log-likelihood tasks
+def test_loglikelihood_evaluator_greedy_accuracy_and_perplexity_by_hand():
+    import math
+
+    predictions = [{"loglikelihood": -0.5, "is_greedy": True, "num_tokens": 1},
+                   {"loglikelihood": -2.0, "is_greedy": False, "num_tokens": 2},
+                   {"loglikelihood": -3.5, "is_greedy": True, "num_tokens": 3},
+                   {"loglikelihood": -6.0, "is_greedy": False, "num_tokens": 1}]
+    result = score("LoglikelihoodEvaluator", predictions, [None] * 4)
+    assert result["accuracy"] == pytest.approx(50.0)
+    # lm-eval's perplexity aggregation: exp(-mean of the per-item log-likelihoods) = exp(12 / 4)
+    assert result["perplexity"] == pytest.approx(math.exp(3.0))
+
+
+def test_loglikelihood_evaluator_refuses_ranked_predictions():
+    with pytest.raises(HarnessError, match="item 0 is not a single-continuation score"):
+        score("LoglikelihoodEvaluator", ["A", "B"], ["A", "B"])
+
+
+def test_reference_evaluators_say_they_need_references():
+    for name in ("AccEvaluator", "Gsm8kEvaluator", "EMEvaluator", "EEPEMEvaluator", "SQuADEvaluator",
+                 "SQuAD20Evaluator", "EEPSQuAD20Evaluator", "DropEvaluator", "RougeEvaluator"):
+        assert build(EVALUATORS, {"type": name}).needs_references, name
+    assert not build(EVALUATORS, {"type": "LoglikelihoodEvaluator"}).needs_references

@@ -1,7 +1,8 @@
 """Read a dataset config's data: load the file, slice ``test_range``, pick the subset.
 
-Order of operations (the EEP protocol's): loader -> test split -> ``test_range`` slice -> subset
-(index file or range). Where train and test are one list, few-shot examples that are evaluated
+Order of operations (the EEP protocol's): loader -> test split -> row transforms
+(``reader_cfg.row_transforms``, see ``transforms.py``) -> ``test_range`` slice -> subset (index
+file or range). Where train and test are one list, few-shot examples that are evaluated
 items are refused (see ``harness/openicl/retrievers.py``; opt in with ``allow_test_examples=True``). Each kept row remembers its position in the loader's test split, which for
 the one-file loaders is its record number in the source file.
 """
@@ -15,9 +16,11 @@ from pathlib import Path
 from harness.config import check_output_name
 from harness.errors import HarnessError
 from harness.openicl.retrievers import check_no_test_examples
+from harness.openicl.transforms import apply_row_transforms
 from harness.registry import LOADERS, RETRIEVERS, build, get
 
-READER_KEYS = {"type", "path", "input_columns", "output_column", "train_split", "test_split", "test_range"}
+READER_KEYS = {"type", "path", "input_columns", "output_column", "train_split", "test_split", "test_range",
+               "row_transforms"}
 _SLICE = re.compile(r"^\[\s*(-?\d*)\s*:\s*(-?\d*)\s*(?::\s*(-?\d*)\s*)?\]$")
 
 
@@ -124,6 +127,10 @@ def load_eval_data(dataset_cfg: dict, data_root: str | None = None) -> EvalData:
         ) from None
 
     train_rows, test_rows, train_is_test = _splits(loaded, reader, abbr)
+    if reader.get("row_transforms"):  # lm-eval's process_docs: every row, before slicing and column checks
+        test_rows = apply_row_transforms(test_rows, reader["row_transforms"], f"dataset {abbr}")
+        train_rows = test_rows if train_is_test else apply_row_transforms(
+            train_rows, reader["row_transforms"], f"dataset {abbr} (train split)")
     positions = list(range(len(test_rows)))
     if reader.get("test_range"):
         positions = positions[parse_range(reader["test_range"], f"dataset {abbr}")]

@@ -9,6 +9,8 @@ from harness.registry import EVALUATORS
 class AccEvaluator:
     """Share of predictions whose ``str`` equals the reference's ``str``; ``{'accuracy': x}``."""
 
+    needs_references = True  # a dataset without output_column is refused before the model loads
+
     def score(self, predictions: list, references: list) -> dict[str, float]:
         check_inputs("AccEvaluator", predictions, references)
         hits = [float(str(pred) == str(ref)) for pred, ref in zip(predictions, references)]
@@ -33,6 +35,8 @@ def numbers_agree(prediction, reference) -> bool:
 @EVALUATORS.register_module(name="Gsm8kEvaluator")
 class Gsm8kEvaluator:
     """GSM8K accuracy on extracted numbers ('NULL' predictions count wrong); ``{'accuracy': x}``."""
+
+    needs_references = True  # a dataset without output_column is refused before the model loads
 
     def score(self, predictions: list, references: list) -> dict[str, float]:
         check_inputs("Gsm8kEvaluator", predictions, references)

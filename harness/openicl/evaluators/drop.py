@@ -104,6 +104,8 @@ class DropEvaluator:
     A reference is a list of gold answers (each a string or a list of spans) or a single string.
     """
 
+    needs_references = True  # a dataset without output_column is refused before the model loads
+
     def score(self, predictions: list, references: list) -> dict[str, float]:
         check_inputs("DropEvaluator", predictions, references)
         ems, f1s = [], []

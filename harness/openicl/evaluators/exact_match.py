@@ -11,6 +11,8 @@ from harness.registry import EVALUATORS
 class EMEvaluator:
     """Right when the prediction equals any acceptable answer after SQuAD normalisation; ``{'em': x}``."""
 
+    needs_references = True  # a dataset without output_column is refused before the model loads
+
     def score(self, predictions: list, references: list) -> dict[str, float]:
         check_inputs("EMEvaluator", predictions, references)
         hits = [float(any(exact_match(str(prediction), str(gold)) for gold in as_list(reference)))
@@ -33,6 +35,8 @@ def eep_em_correct(prediction: str, answers: list) -> bool:
 @EVALUATORS.register_module(name="EEPEMEvaluator")
 class EEPEMEvaluator:
     """The EEP protocol's EMEvaluator (DROP, ReCoRD): substring match, ``{'score': x}``."""
+
+    needs_references = True  # a dataset without output_column is refused before the model loads
 
     def score(self, predictions: list, references: list) -> dict[str, float]:
         check_inputs("EEPEMEvaluator", predictions, references)

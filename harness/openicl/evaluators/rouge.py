@@ -13,6 +13,8 @@ _ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 class RougeEvaluator:
     """Mean ROUGE F-measure x 100 with Porter stemming; ``{'rouge1', 'rouge2', 'rougeL'}``."""
 
+    needs_references = True  # a dataset without output_column is refused before the model loads
+
     def __init__(self, use_stemmer: bool = True):
         self.scorer = rouge_scorer.RougeScorer(list(_ROUGE_TYPES), use_stemmer=use_stemmer)
 

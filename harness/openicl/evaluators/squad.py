@@ -55,6 +55,8 @@ def token_f1_v2(prediction: str, gold: str) -> float:
 class SQuADEvaluator:
     """Official SQuAD v1.1 EM and F1, each the max over the gold answers; ``{'em', 'f1'}``."""
 
+    needs_references = True  # a dataset without output_column is refused before the model loads
+
     def score(self, predictions: list, references: list) -> dict[str, float]:
         check_inputs("SQuADEvaluator", predictions, references)
         ems, f1s = [], []
@@ -76,6 +78,8 @@ class SQuAD20Evaluator:
 
     An unanswerable question has an empty gold list or the gold ''; the right prediction is ''.
     """
+
+    needs_references = True  # a dataset without output_column is refused before the model loads
 
     def score(self, predictions: list, references: list) -> dict[str, float]:
         check_inputs("SQuAD20Evaluator", predictions, references)
@@ -115,6 +119,8 @@ class EEPSQuAD20Evaluator:
     The prediction is cut at the first '.' or ',' but the golds are not, so a gold such as
     'Paris, France' can never be matched; this quirk is kept to reproduce the protocol's numbers.
     """
+
+    needs_references = True  # a dataset without output_column is refused before the model loads
 
     def score(self, predictions: list, references: list) -> dict[str, float]:
         check_inputs("EEPSQuAD20Evaluator", predictions, references)

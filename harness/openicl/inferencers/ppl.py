@@ -3,7 +3,12 @@
 Two scores, selected with ``mode``:
 - ``'loglikelihood'`` (lm-evaluation-harness): the sum of log-probabilities of the continuation
   tokens given the context; the prediction is the label with the highest sum, and
-  ``prediction_norm`` the highest sum per character of continuation (lm-eval's ``acc_norm``).
+  ``prediction_norm`` the highest sum per character of the choice text (lm-eval's ``acc_norm``):
+  the continuation less one leading ``target_delimiter`` (default ``' '``), because lm-eval divides
+  by ``len(choice)`` and scores ``target_delimiter + choice``. The denominator is each label's
+  ``num_chars`` in the predictions.
+  An item with a single continuation (LAMBADA: a context and its true ending) has nothing to rank;
+  its prediction is ``{'loglikelihood', 'is_greedy', 'num_tokens'}`` for ``LoglikelihoodEvaluator``.
 - ``'ppl'`` (OpenCompass): the average negative log-likelihood of every token of the whole label
   prompt; the prediction is the label with the lowest value.
 
@@ -69,6 +74,7 @@ class PPLInferencer(Inferencer):
         continuations: dict | str | None = None,
         choice_template: str = "{choice}",
         batch_size: int | None = None,
+        target_delimiter: str = " ",
     ):
         if mode not in MODES:
             raise HarnessError(f"PPLInferencer mode {mode!r} is not one of {MODES}")
@@ -78,6 +84,15 @@ class PPLInferencer(Inferencer):
         # dict label -> continuation template, or the name of a column holding a list of choices
         self.continuations = continuations
         self.choice_template = choice_template  # how a choice of such a column is written, e.g. " {choice}\n"
+        # what joins context and choice in lm-eval; not counted by the *_norm denominator
+        self.target_delimiter = target_delimiter
+
+    def check_columns(self, row: dict, where: str) -> None:
+        """A continuations column must exist (checked on the first row, before the model loads)."""
+        spec = self.continuations
+        if isinstance(spec, str) and spec not in row:
+            raise HarnessError(f"{where}: PPLInferencer.continuations column {spec!r} is not among the columns "
+                               f"{sorted(row)}; name an existing column or add it with a row transform")
 
     # ------------------------------------------------------------------ items
     def build_items(self, inputs: PromptInputs) -> list[list[Choice]]:
@@ -95,9 +110,12 @@ class PPLInferencer(Inferencer):
             return self._label_choices(inputs, labels, row, examples)
         context = inputs.render(template.render(row, examples), "gen")
         spec = self.continuations
-        if isinstance(spec, str):  # a column holding the list of choice texts; labels are positions
+        if isinstance(spec, str):  # a column holding the list of choice texts (labels are positions) or one text
+            if isinstance(raw_row.get(spec), str):
+                return [Choice(0, context, self.choice_template.replace("{choice}", raw_row[spec]))]
             if not isinstance(raw_row.get(spec), (list, tuple)):
-                raise HarnessError(f"dataset {inputs.abbr}: PPLInferencer.continuations column {spec!r} must hold a list")
+                raise HarnessError(f"dataset {inputs.abbr}: PPLInferencer.continuations column {spec!r} must hold "
+                                   f"a list of choices or one continuation text")
             return [Choice(i, context, self.choice_template.replace("{choice}", str(text)))
                     for i, text in enumerate(raw_row[spec])]
         if isinstance(spec, dict):
@@ -162,7 +180,8 @@ class PPLInferencer(Inferencer):
 
     def fingerprint(self, model, items: list[list[Choice]]) -> str:
         flat = [[(str(c.label), c.context, c.continuation) for c in item] for item in items]
-        return fingerprint("ppl", self.mode, model.identity, flat)
+        # the delimiter decides prediction_norm, so predictions saved under another one are not reused
+        return fingerprint("ppl", self.mode, model.identity, flat, {"norm": "choice", "delimiter": self.target_delimiter})
 
     # ------------------------------------------------------------------ inference
     def infer(self, model, items: list[list[Choice]], store: PredictionStore, desc: str = "", select=None) -> None:
@@ -172,6 +191,14 @@ class PPLInferencer(Inferencer):
         with bar:
             model.score([requests[i] for i in todo], on_batch=on_batch, batch_size=self.batch_size)
 
+    def norm_chars(self, continuation: str) -> int:
+        """The *_norm denominator: characters of the choice text, i.e. the scored continuation
+        without one leading target delimiter (lm-eval: ``len(choice)``, scored as delimiter + choice)."""
+        delimiter = self.target_delimiter
+        if delimiter and continuation.startswith(delimiter):
+            return len(continuation) - len(delimiter)
+        return len(continuation)
+
     def record(self, choices: list[Choice], scores) -> dict:
         """The prediction record of one item: every label's score and the chosen label."""
         label_scores = {}
@@ -180,12 +207,17 @@ class PPLInferencer(Inferencer):
             label_scores[str(choice.label)] = {
                 "loglikelihood": score.logprob,
                 "num_tokens": score.num_tokens,
-                "num_chars": len(choice.continuation),
+                "num_chars": self.norm_chars(split_trailing_space(choice.context, choice.continuation)[1]),
                 "avg_nll": avg_nll,
                 "is_greedy": score.is_greedy,
             }
         labels = [c.label for c in choices]
         details = [label_scores[str(label)] for label in labels]
+        if len(choices) == 1 and self.mode == "loglikelihood":  # LAMBADA-style: nothing to rank
+            only = details[0]
+            prediction = {k: only[k] for k in ("loglikelihood", "is_greedy", "num_tokens")}
+            return {"origin_prompt": choices[0].context + choices[0].continuation, "prediction": prediction,
+                    "label_scores": label_scores}
         if self.mode == "ppl":
             best = min(range(len(labels)), key=lambda k: details[k]["avg_nll"])
             record = {"prediction": labels[best]}
