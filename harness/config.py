@@ -2,7 +2,8 @@
 
 A config file defines lists named ``datasets`` or ``*_datasets`` and optionally ``models`` (so one
 file runs alone, as the EEP paper's files do). Command-line values override the model config:
-``--model_path`` replaces its ``path`` and ``tokenizer_path``, ``--batch_size`` its batch size.
+``--model_path`` replaces its ``path`` and ``tokenizer_path``, ``--batch_size`` its batch size,
+``--dtype`` its dtype, and ``--model_kwargs`` is merged into its ``model_kwargs``.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 DEFAULT_MODEL = dict(type="HFCausalLM", dtype="float32", batch_size=8, max_seq_len=2048, max_out_len=100)
 
 
@@ -81,7 +83,8 @@ def check_output_name(name, where: str, fix: str = "give it an abbr without '/',
     raise HarnessError(f"{where} {name!r} {problem} (it names output files); {fix}")
 
 
-def model_config(cfg, model_path: str | None, batch_size: int | None = None) -> dict:
+def model_config(cfg, model_path: str | None, batch_size: int | None = None, dtype: str | None = None,
+                 model_kwargs: dict | None = None) -> dict:
     """The model config of a run: the config's first model (or the default), with CLI overrides."""
     models = list(cfg.get("models") or [])
     if len(models) > 1:
@@ -94,6 +97,12 @@ def model_config(cfg, model_path: str | None, batch_size: int | None = None) -> 
         raise HarnessError("no model path: pass --model_path or set models[0].path in the config")
     if batch_size:
         model["batch_size"] = batch_size
+    if dtype:
+        if dtype not in DTYPES:
+            raise HarnessError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        model["dtype"] = dtype
+    if model_kwargs:
+        model["model_kwargs"] = {**dict(model.get("model_kwargs") or {}), **model_kwargs}
     if model.get("abbr") is not None:
         check_output_name(model["abbr"], f"config {cfg.filename}: models[0].abbr")
     else:

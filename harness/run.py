@@ -14,6 +14,7 @@ shared through ``EvalTask.run`` and only rank 0 (``run.is_main``) writes files.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from harness import distributed
 from harness.cli import apply_compression, setup_work_dir
-from harness.config import dataset_configs, load_config, model_config
+from harness.config import DTYPES, dataset_configs, load_config, model_config
 from harness.errors import HarnessError
 from harness.pipeline import EvalTask
 from harness.registry import MODELS, build
@@ -55,6 +56,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def json_object(text: str) -> dict:
+    """``--model_kwargs``: a JSON object (argparse reports a bad one in one line)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a JSON object such as '{{\"attn_implementation\": \"eager\"}}'")
+    return value
+
+
 def add_run_arguments(parser, config_help: str = "dataset config file (may also define `models`)") -> None:
     """What every model-running task takes: config, model, work dir, data root, batch size, max items."""
     parser.add_argument("config", help=config_help)
@@ -63,6 +75,8 @@ def add_run_arguments(parser, config_help: str = "dataset config file (may also 
     parser.add_argument("--work_dir", required=True, help="output folder")
     parser.add_argument("--data_root", help="replaces the ./data prefix of the configs' data paths")
     parser.add_argument("--batch_size", type=positive_int, help="override the model's batch size")
+    parser.add_argument("--dtype", choices=DTYPES, help="override the model config's dtype (e.g. float32 on CPU)")
+    parser.add_argument("--model_kwargs", type=json_object, metavar="JSON", help='JSON object merged into the model config\'s model_kwargs (from_pretrained arguments), e.g. \'{"attn_implementation": "eager"}\'')
     parser.add_argument("--max_num", type=positive_int, help="evaluate only the first N items of each dataset")
 
 
@@ -110,7 +124,8 @@ class Run:
         check_files(model_cfg=getattr(args, "model_cfg", None), **(plan_files or {}), **other_files)
         cfg = load_config(args.config)
         source = load_config(args.model_cfg) if getattr(args, "model_cfg", None) else cfg
-        model_cfg = model_config(source, getattr(args, "model_path", None), getattr(args, "batch_size", None))
+        model_cfg = model_config(source, getattr(args, "model_path", None), getattr(args, "batch_size", None),
+                                 dtype=getattr(args, "dtype", None), model_kwargs=getattr(args, "model_kwargs", None))
         if distributed.device_for_rank():  # torchrun on GPUs: each rank loads onto its own device
             model_cfg["device"] = distributed.device_for_rank()
         tasks = [EvalTask(d, args.data_root, getattr(args, "max_num", None)) for d in dataset_configs(cfg)]

@@ -19,3 +19,18 @@ def test_kv_cache_scoring_passes_the_cache_under_the_name_transformers_expects(t
         warnings.simplefilter("error", FutureWarning)
         [[a, b]] = lm.score([group])
     assert (a.num_tokens, b.num_tokens) == (3, 2)
+
+
+def test_dtype_and_model_kwargs_override_the_model_config_from_the_command_line():
+    from harness.run import Run, add_run_arguments, make_parser
+
+    parser = make_parser(None)
+    add_run_arguments(parser)
+    args = parser.parse_args(["dataset_cfgs/toy-moe_sort_eval.py", "--work_dir", "outputs/never_written",
+                              "--dtype", "bfloat16", "--model_kwargs", '{"attn_implementation": "eager"}'])
+    run = Run.prepare(args, process_group=False)
+    assert run.model_cfg["dtype"] == "bfloat16"
+    assert run.model_cfg["model_kwargs"]["attn_implementation"] == "eager"
+    for bad in (["--dtype", "fp32"], ["--model_kwargs", "attn=eager"], ["--model_kwargs", "[1]"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["cfg.py", "--work_dir", "w", *bad])
