@@ -10,13 +10,13 @@ floor, which the metadata records.
 
 ``preserve_gate``: the E-way router is kept; a token's top-k is chosen over all E experts as
 before, a pick of a dropped expert contributes nothing, and the renormalisation still counts it
-(``expert_to_slot`` sending dropped experts to transformers' "no expert" sentinel slot B).
+(all E slots routed after top-k, the dropped ones zero experts; see ``preserve_gate_layer``).
 """
 from __future__ import annotations
 
 import torch
 
-from harness.compress.plan import CompressionPlan, LayerPlan, one_hot_rows
+from harness.compress.plan import CompressionPlan, LayerPlan
 from harness.errors import HarnessError
 from harness.methods.base import Method, MethodInputs
 from harness.methods.frequency import top_experts
@@ -45,10 +45,15 @@ def global_kept(scores: dict[int, torch.Tensor], budget: int, top_k: int) -> dic
 
 
 def preserve_gate_layer(kept: list[int], num_experts: int) -> LayerPlan:
-    """Kept experts become slots in id order; dropped ones go to the sentinel slot B (no output)."""
-    slots = torch.full((num_experts,), len(kept), dtype=torch.long)
-    slots[kept] = torch.arange(len(kept))
-    return LayerPlan(merge=one_hot_rows(kept, num_experts), expert_to_slot=slots)
+    """All E slots stay, routed after the E-way router's own top-k (``expert_to_slot`` the identity);
+    a dropped expert's slot is a zero expert (a zero merge row), so its picks add nothing while the
+    renormalisation still counts them. transformers' "no expert" sentinel index would express this
+    with B slots, but its grouped_mm path leaves sentinel rows uninitialised outside expert
+    parallelism, so zero experts are used: correct under every experts implementation, at the
+    memory of E slots (the metadata lists the kept experts)."""
+    merge = torch.zeros(num_experts, num_experts)
+    merge[kept, kept] = 1.0
+    return LayerPlan(merge=merge, expert_to_slot=torch.arange(num_experts))
 
 
 @METHODS.register_module(name="expert_drop")
@@ -76,6 +81,7 @@ class ExpertDrop(Method):
             meta["deviation"] = f"every layer keeps at least top-k={shape.top_k} experts (the reference has no floor)"
         if self.preserve_gate:
             layers = {layer: preserve_gate_layer(ids, shape.num_experts) for layer, ids in kept.items()}
+            meta["kept"] = {str(layer): ids for layer, ids in kept.items()}
             return CompressionPlan(num_layers=shape.num_layers, num_experts=shape.num_experts, layers=layers,
                                    metadata=meta)
         return CompressionPlan.from_kept(kept, shape.num_experts, num_layers=shape.num_layers, metadata=meta)
