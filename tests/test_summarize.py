@@ -118,3 +118,22 @@ def test_a_broken_results_file_is_a_one_line_error(tmp_path, capsys):
     assert summarize.main([str(work)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "b.json is not a results file" in err
+
+
+def test_perplexity_and_efficiency_rows_stay_out_of_the_average(tmp_path, capsys):
+    ppl = {"loss": 2.0, "token_perplexity": 7.389, "word_perplexity": 20.0, "byte_perplexity": 1.5,
+           "bits_per_byte": 0.585, "primary_metric": "token_perplexity"}
+    eff = {"params": 1000, "memory_ratio": 1.0, "speedup": 1.0, "details": {"model": {"params": 1000}}}
+    full = write_results(tmp_path, "full", {**FULL, "c4_ppl": ppl, "efficiency": eff})
+    pruned_eff = {"params": 600, "memory_ratio": 0.6, "speedup": 1.4, "details": {}}
+    pruned = write_results(tmp_path, "pruned", {**PRUNED, "c4_ppl": {**ppl, "token_perplexity": 9.0},
+                                                "efficiency": pruned_eff})
+    rows, _ = table(capsys, full, pruned)
+    by_key = {(r[0], r[1]): r[2:] for r in rows[1:]}
+    assert by_key[("c4_ppl", "token_perplexity")] == ["7.39", "9.00"]
+    assert by_key[("efficiency", "memory_ratio")] == ["1.00", "0.60"]
+    assert by_key[("efficiency", "speedup")] == ["1.00", "1.40"]
+    assert ("efficiency", "details") not in by_key
+    # the average is still boolq accuracy, squad em and xsum rouge1 only
+    assert rows[-1] == ["average", "accuracy: boolq; em: squad; rouge1: xsum",
+                        f"{(80 + 40 + 30) / 3:.2f}", f"{(60 + 10 + 20) / 3:.2f}"]

@@ -13,6 +13,11 @@ evaluator reported (the first numeric key of the file, the same rule as a search
 ``harness/search/fitness.py``). Mixing accuracy, its ``_norm`` twin, em and f1 in one mean would
 count some datasets several times. The row's metric cell names what was averaged, and it covers
 only the datasets every run has (saying how many that is); a one-dataset table has no average row.
+
+Perplexity results (``PerplexityEvaluator``: loss, token/word/byte perplexity, bits per byte; lower
+is better) and ``efficiency.json`` (``harness/tasks/efficiency.py``: parameters, bytes, FLOPs,
+tokens/s and the ratios to the full model) get rows like any other result but stay out of the
+average, which is a mean of accuracy-like percentages.
 """
 from __future__ import annotations
 
@@ -31,6 +36,14 @@ from harness.io import atomic_write_text
 
 MISSING = "missing"
 PRIMARY = "primary_metric"  # a results file may name its averaged metric under this key
+EFFICIENCY = "efficiency"  # results/<model>/efficiency.json of harness/tasks/efficiency.py
+# lower-is-better corpus metrics (harness/openicl/evaluators/perplexity.py): never averaged with accuracies
+PERPLEXITY_METRICS = ("loss", "token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
+
+
+def averaged(dataset: str, metrics: dict) -> bool:
+    """Whether a dataset's primary metric belongs in the average row (not perplexity, not efficiency)."""
+    return dataset != EFFICIENCY and primary_metric(metrics) not in PERPLEXITY_METRICS
 
 
 def collect_runs(work_dirs: list[str]) -> dict[str, dict[str, dict[str, float]]]:
@@ -95,7 +108,7 @@ def build_table(runs: dict[str, dict[str, dict[str, float]]]) -> tuple[list[str]
     primary: dict[str, str] = {}
     for name in names:
         for dataset, metrics in runs[name].items():
-            if dataset not in primary and primary_metric(metrics) is not None:
+            if dataset not in primary and primary_metric(metrics) is not None and averaged(dataset, metrics):
                 primary[dataset] = primary_metric(metrics)
     keys = sorted({(d, m) for run in runs.values() for d, metrics in run.items() for m in metric_names(metrics)})
     rows, missing = [], []
