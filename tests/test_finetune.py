@@ -155,9 +155,16 @@ def test_parts_select_experts_routers_or_everything(files):
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-def test_kd_lowers_the_loss_trains_only_the_kept_experts_and_reloads_as_a_model(files, tmp_path):
+def test_kd_lowers_the_loss_trains_only_the_kept_experts_and_reloads_as_a_model(files, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    teachers = []
+    load_teacher = finetune.load_teacher
+    monkeypatch.setattr(finetune, "load_teacher", lambda run, student: teachers.append(load_teacher(run, student)) or teachers[-1])
     work = tmp_path / "kd"
     assert finetune.main(finetune_cmd(files, work, write_cfg(tmp_path))) == 0
+    fresh = AutoModelForCausalLM.from_pretrained(files["model"], dtype=torch.float32).state_dict()
+    assert all(torch.equal(fresh[k], v) for k, v in teachers[0].state_dict().items())  # the teacher never changes
     history = json.loads((work / "train_log.json").read_text())
     losses = [h["loss"] for h in history if "loss" in h]
     assert len(losses) == 6 and losses[-1] < losses[0] and all("kl" in h for h in history if "loss" in h)
@@ -285,3 +292,33 @@ def test_the_papers_finetune_configs_load_and_build_training_arguments(tmp_path)
     assert lm.data["max_length"] == 256 and lm.train["lr_scheduler_kwargs"]["lr_end"] == 5e-6
     for path in sorted((ROOT / "finetune_cfgs").glob("*.py")):
         finetune.training_arguments(load_settings("kd", str(path)), tmp_path / path.stem)
+
+
+@pytest.mark.slow
+def test_kill_9_while_saving_a_checkpoint_then_rerun_equals_an_uninterrupted_run(files, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = write_cfg(tmp_path, max_steps=4)
+    assert finetune.main(finetune_cmd(files, tmp_path / "straight", cfg, recipe="lm")) == 0
+    work = tmp_path / "killed"
+    script = (
+        "import os, signal, sys\n"
+        "from harness.training import trainer as ft\n"
+        "save = ft.FinetuneTrainer._save\n"
+        "def dying(self, output_dir=None, state_dict=None):\n"
+        "    if self.state.global_step == 4:\n"
+        "        os.makedirs(output_dir, exist_ok=True)\n"
+        "        open(os.path.join(output_dir, ft.TRAINABLE_FILE), 'wb').write(b'half')\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    save(self, output_dir, state_dict)\n"
+        "ft.FinetuneTrainer._save = dying\n"
+        "from harness.tasks import finetune\n"
+        "finetune.main(sys.argv[1:])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, *finetune_cmd(files, work, cfg, recipe="lm")],
+                          cwd=ROOT, capture_output=True)
+    assert done.returncode == -9 and not (work / "model").exists()
+    assert finetune.main(finetune_cmd(files, work, cfg, recipe="lm")) == 0
+    straight, resumed = weights(tmp_path / "straight/model"), weights(work / "model")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
