@@ -1,21 +1,24 @@
-"""Likelihood scoring: our PPL inferencer vs an OpenCompass-style loop vs lm-eval's HF backend.
+"""Likelihood scoring: our PPL inferencer vs OpenCompass vs lm-eval's HF backend.
 
-All three score the same (context, continuation) pairs of real HellaSwag (4 endings, lm-eval's
-preprocessing) and BoolQ (' no' / ' yes' after lm-eval's prompt) items with the same model and
-batch size:
+All score the same (context, continuation) pairs of real HellaSwag (4 endings, lm-eval's
+preprocessing), BoolQ (' no' / ' yes' after lm-eval's prompt) and ARC-Easy (4-choice items,
+lm-eval's prompt) items with the same loaded model and batch size:
 
-1. ours: ``PPLInferencer(mode='loglikelihood')`` on ``HFCausalLM`` (length-sorted batches; an
-   item's context runs once and its endings run on its KV cache);
-2. OpenCompass-style: every label's full prompt scored on its own with a plain forward, label by
-   label, in dataset order, fixed batches, right-padded (OpenCompass's ``get_ppl``);
+1. ours: ``PPLInferencer(mode='loglikelihood')`` on ``HFCausalLM``: several items per packed row
+   (each context once, its endings after it), batches of a token budget (default batch size x
+   the longest item, i.e. what a padded batch of that size would hold);
+2. OpenCompass: the PyPI ``opencompass`` package's own ``PPLInferencer`` on its
+   ``HuggingFaceBaseModel`` wrapping the same model (every label's whole prompt, label by label,
+   right-padded; see ``common.OPENCOMPASS_INSTALL``). Where it cannot be imported, our
+   re-implementation of that loop runs instead and the header says why;
 3. lm-eval's ``HFLM.loglikelihood`` (sorted by length, right-padded, one forward per request except
    one-token continuations of one context, which it groups).
 
-Reported: items/s and forward tokens (padded and real) per variant, ratios vs ours, and the
-checks: forward tokens per-label/ours on HellaSwag (target >= 2), speed ours/lm-eval (target >= 1.5)
-and max |our per-choice log-likelihood - lm-eval's| (target <= 1e-4 in fp32).
+Reported: items/s, real tokens/s, forward tokens (padded and real), padding share, ratios vs ours,
+agreement of predictions, and the checks: padding share < 5%, speed ours/lm-eval (HellaSwag >= 2.5,
+BoolQ >= 1.8), identical predictions to lm-eval, max |our per-choice log-likelihood - lm-eval's|.
 
-    python bench/bench_ppl.py [--num_items 32] [--boolq_items 12] [--batch_size 8] [--out bench/ppl.md]
+    python bench/bench_ppl.py [--num_items 32] [--boolq_items 12] [--arc_items 32] [--batch_size 8] [--out FILE]
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ from harness.models.hf_causal_lm import HFCausalLM  # noqa: E402
 from harness.openicl.inferencers.ppl import Choice, PPLInferencer  # noqa: E402
 
 TARGET_TOKEN_RATIO = 2.0
-TARGET_SPEEDUP = 1.5
+TARGET_SPEEDUP = {"HellaSwag": 2.5, "BoolQ": 1.8}  # ours / lm-eval's HF backend
+TARGET_PADDING = 0.05  # padding share of our forward tokens
 TARGET_MAX_DIFF = 1e-4
 
 
@@ -65,6 +69,23 @@ def hellaswag_items(n: int, data_dir: Path = common.SHARED_DATA) -> list[Item]:
     rows = load_hellaswag(str(data_dir / "hellaswag" / "hellaswag_val_full.txt.bz2"))[:n]
     return [Item(lm_eval_preprocess(r["query"]), [" " + lm_eval_preprocess(e) for e in r["endings"]], r["gold"])
             for r in rows]
+
+
+def arc_easy_items(n: int, data_dir: Path = common.SHARED_DATA) -> list[Item]:
+    """The first ``n`` ARC-Easy test items with lm-eval's prompt ('Question: ...\nAnswer:', ' ' + choice)."""
+    items = []
+    with open(data_dir / "arc_easy" / "ARC-Easy-Test.jsonl", encoding="utf-8") as f:
+        for line in f:
+            if len(items) == n:
+                break
+            row = json.loads(line)
+            choices = row["question"]["choices"]
+            if len(choices) != 4:  # OpenCompass's per-label templates need one label set for all items
+                continue
+            labels = [c["label"] for c in choices]
+            items.append(Item(f"Question: {row['question']['stem']}\nAnswer:", [" " + c["text"] for c in choices],
+                              labels.index(row["answerKey"])))
+    return items
 
 
 def boolq_items(n: int, data_dir: Path = common.SHARED_DATA) -> list[Item]:
@@ -125,6 +146,30 @@ def score_opencompass_style(model, tokenizer, items: list[Item], batch_size: int
     return scores
 
 
+def score_opencompass(oc_model, items: list[Item], batch_size: int) -> list[list[float]]:
+    """The PyPI ``opencompass`` package's own ``PPLInferencer`` (one template per label, every
+    label's whole prompt run separately, label by label) on its ``HuggingFaceBaseModel``.
+    Its score is the whole prompt's average NLL; returned negated, so higher is better."""
+    import tempfile
+
+    from opencompass.openicl.icl_inferencer import PPLInferencer as OpenCompassPPL
+    from opencompass.openicl.icl_prompt_template import PromptTemplate
+    from opencompass.openicl.icl_retriever import ZeroRetriever
+
+    labels = range(len(items[0].continuations))
+    rows = [{"context": item.context, **{f"c{k}": c for k, c in enumerate(item.continuations)}, "gold": item.gold}
+            for item in items]
+    dataset = common.opencompass_dataset(rows, ["context", *[f"c{k}" for k in labels]], "gold")
+    template = PromptTemplate(template={k: f"{{context}}{{c{k}}}" for k in labels})
+    with tempfile.TemporaryDirectory() as out:
+        inferencer = OpenCompassPPL(model=oc_model, batch_size=batch_size, output_json_filepath=out)
+        inferencer.inference(ZeroRetriever(dataset), prompt_template=template, output_json_filepath=out,
+                             output_json_filename="ppl.json")
+        with open(Path(out) / "ppl.json", encoding="utf-8") as f:
+            saved = json.load(f)
+    return [[-float(saved[str(i)][f"label: {k}"]["PPL"]) for k in labels] for i in range(len(items))]
+
+
 def make_lm_eval(model, tokenizer, batch_size: int, softmax_dtype=None, **kwargs):
     """lm-eval's HF backend around the already loaded model (None when lm-eval is not installed).
     ``softmax_dtype=torch.float64`` is lm-eval's own option for an exact log-softmax; the timed
@@ -150,6 +195,18 @@ def score_lm_eval(lm_eval_model, items: list[Item]) -> list[list[float]]:
 # ----------------------------------------------------------------------------------- measuring
 def accuracy(scores: list[list[float]], items: list[Item]) -> float:
     return 100.0 * sum(max(range(len(s)), key=s.__getitem__) == item.gold for s, item in zip(scores, items)) / len(items)
+
+
+def predictions(scores: list[list[float]]) -> list[int]:
+    return [max(range(len(s)), key=s.__getitem__) for s in scores]
+
+
+def agreement(a: list[list[float]], b: list[list[float]]) -> float:
+    return 100.0 * sum(x == y for x, y in zip(predictions(a), predictions(b))) / max(1, len(a))
+
+
+def padding_share(tokens: common.TokenCount) -> float:
+    return (tokens.padded - tokens.real) / tokens.padded if tokens.padded else 0.0
 
 
 def max_abs_diff(a: list[list[float]], b: list[list[float]]) -> float:
@@ -190,12 +247,13 @@ def dataset_table(name: str, items: list[Item], measured: dict[str, dict]) -> tu
         seconds = m["timing"].median
         rows.append([
             variant, len(items), f"{seconds:.2f} ({m['timing'].spread()})", len(items) / seconds,
-            common.ratio(seconds, ours["timing"].median), m["tokens"].padded, m["tokens"].real,
-            common.ratio(m["tokens"].padded, ours["tokens"].padded), m["tokens"].forwards,
-            f"{accuracy(m['scores'], items):.1f}",
+            m["tokens"].real / seconds, common.ratio(seconds, ours["timing"].median), m["tokens"].padded,
+            m["tokens"].real, f"{padding_share(m['tokens']):.1%}", m["tokens"].forwards,
+            f"{accuracy(m['scores'], items):.1f}", f"{agreement(m['scores'], ours['scores']):.0f}",
         ])
-    headers = ["variant", "items", "median s (min-max)", "items/s", "time vs ours", "fwd tokens (padded)",
-               "fwd tokens (real)", "padded tokens vs ours", "forwards", "acc %"]
+    headers = ["variant", "items", "median s (min-max)", "items/s", "real tokens/s", "time vs ours",
+               "fwd tokens (padded)", "fwd tokens (real)", "padding share", "forwards", "acc %",
+               "same prediction as ours %"]
     return f"### {name}\n\n" + common.table(rows, headers), rows
 
 
@@ -203,22 +261,38 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(parser, num_items=32, batch_size=8)
     parser.add_argument("--boolq_items", type=int, default=12, help="BoolQ items (long passages: fewer by default)")
+    parser.add_argument("--arc_items", type=int, default=32, help="ARC-Easy items (4-choice ones)")
+    parser.add_argument("--max_batch_tokens", type=int, default=None,
+                        help="our token budget per batch (default: batch size x the longest item)")
     parser.add_argument("--no_lm_eval", action="store_true", help="skip lm-eval's backend")
+    parser.add_argument("--no_opencompass", action="store_true",
+                        help="use our re-implementation of OpenCompass's loop instead of the PyPI package")
     args = parser.parse_args(argv)
     device, dtype = common.start_run(args)
 
     model, tokenizer = common.load_smollm2(device, dtype)
     lm = HFCausalLM("SmolLM2-135M-Instruct", model=model, tokenizer=tokenizer, batch_size=args.batch_size,
-                    max_seq_len=4096, add_special_tokens=False)
+                    max_seq_len=4096, add_special_tokens=False, max_batch_tokens=args.max_batch_tokens)
     pad_ids = {lm.pad_token_id, 0}  # ours and OpenCompass-style pad with the pad id, lm-eval with 0
     lm_eval_model = None if args.no_lm_eval else make_lm_eval(model, tokenizer, args.batch_size)
 
-    variants = {
-        "ours": lambda items: score_ours(lm, items, args.batch_size),
-        "opencompass-style": lambda items: score_opencompass_style(model, tokenizer, items, args.batch_size,
-                                                                  lm.pad_token_id),
-    }
+    variants = {"ours": lambda items: score_ours(lm, items, args.batch_size)}
     notes = {}
+    missing = None if args.no_opencompass else common.opencompass_missing()
+    if args.no_opencompass or missing:
+        # fallback: our re-implementation of OpenCompass's per-label loop
+        variants["opencompass-style"] = lambda items: score_opencompass_style(model, tokenizer, items, args.batch_size,
+                                                                             lm.pad_token_id)
+        notes["OpenCompass column"] = "our re-implementation of its loop: " + (missing or "--no_opencompass")
+    else:
+        import opencompass
+
+        oc_model = common.opencompass_model(model, common.smollm2_folder())
+        variants["opencompass (PyPI)"] = lambda items: score_opencompass(oc_model, items, args.batch_size)
+        pad_ids.add(int(oc_model.tokenizer.pad_token_id))
+        notes["OpenCompass column"] = (f"opencompass {getattr(opencompass, '__version__', '?')} from PyPI: its "
+                                       "PPLInferencer + HuggingFaceBaseModel on the same loaded model (scores: average "
+                                       "NLL of the whole prompt, its own rule)")
     if lm_eval_model is not None:
         variants["lm-eval HFLM"] = lambda items: score_lm_eval(lm_eval_model, items)
         sample = "Roof shingle removal: A man is sitting on a roof."
@@ -228,7 +302,8 @@ def main(argv=None) -> int:
         notes["lm-eval"] = "not installed or --no_lm_eval: its column is left out"
 
     datasets = {"HellaSwag": hellaswag_items(args.num_items),
-                "BoolQ": boolq_items(args.boolq_items)}
+                "BoolQ": boolq_items(args.boolq_items),
+                "ARC-Easy": arc_easy_items(args.arc_items)}
     sections, measured_all, exact = [], {}, {}
     for name, items in datasets.items():
         measured_all[name] = measure(variants, model, items, pad_ids, args.repeats, device)
@@ -237,7 +312,7 @@ def main(argv=None) -> int:
             exact[name] = score_lm_eval(make_lm_eval(model, tokenizer, args.batch_size, torch.float64), items)
 
     checks = check_targets(measured_all, exact)
-    title = "bench_ppl: likelihood scoring, ours vs OpenCompass-style vs lm-eval"
+    title = "bench_ppl: likelihood scoring, ours vs OpenCompass vs lm-eval"
     extra = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised)", "batch size": args.batch_size,
              "repeats": f"{args.repeats} (median; variants interleaved)", **notes}
     common.emit([common.header(title, device, dtype, extra), *sections, "### Checks\n\n" + "\n".join(checks)], args.out)
@@ -248,21 +323,26 @@ def check_targets(measured_all: dict[str, dict], exact: dict[str, list] | None =
     """The targets of the issue, each stated as met or missed. ``exact``: lm-eval's scores with a
     float64 log-softmax per dataset, which separates scoring differences from softmax rounding."""
     lines = []
+    for name, m in measured_all.items():
+        share = padding_share(m["ours"]["tokens"])
+        lines.append(common.check_line(f"{name} padding share of our forward tokens", share, f"< {TARGET_PADDING}",
+                                       share < TARGET_PADDING))
     hs = measured_all.get("HellaSwag")
-    if hs:
-        r = common.ratio(hs["opencompass-style"]["tokens"].padded, hs["ours"]["tokens"].padded)
-        lines.append(common.check_line("HellaSwag forward tokens, per-label / ours", r, f">= {TARGET_TOKEN_RATIO}",
+    per_label = next((v for v in ("opencompass (PyPI)", "opencompass-style") if hs and v in hs), None)
+    if per_label:
+        r = common.ratio(hs[per_label]["tokens"].padded, hs["ours"]["tokens"].padded)
+        lines.append(common.check_line(f"HellaSwag forward tokens, {per_label} / ours", r, f">= {TARGET_TOKEN_RATIO}",
                                        r >= TARGET_TOKEN_RATIO))
     if all("lm-eval HFLM" in m for m in measured_all.values()):
-        # the speed target is HellaSwag's (several multi-token endings per context); on the other
-        # datasets lm-eval too runs a context once when every continuation is a single token
         for name, m in measured_all.items():
             speed = common.ratio(m["lm-eval HFLM"]["timing"].median, m["ours"]["timing"].median)
-            if name == "HellaSwag":
-                lines.append(common.check_line(f"{name} speed, ours / lm-eval", speed, f">= {TARGET_SPEEDUP}",
-                                               speed >= TARGET_SPEEDUP))
+            if name in TARGET_SPEEDUP:
+                lines.append(common.check_line(f"{name} speed, ours / lm-eval", speed, f">= {TARGET_SPEEDUP[name]}",
+                                               speed >= TARGET_SPEEDUP[name]))
             else:
                 lines.append(f"- {name} speed, ours / lm-eval: {speed:.3g} (no target)")
+            same = agreement(m["ours"]["scores"], m["lm-eval HFLM"]["scores"])
+            lines.append(common.check_line(f"{name} predictions identical to lm-eval's (%)", same, "= 100", same == 100))
         diff = max(max_abs_diff(m["ours"]["scores"], m["lm-eval HFLM"]["scores"]) for m in measured_all.values())
         lines.append(common.check_line("max |our loglikelihood - lm-eval's (defaults)|", diff,
                                        f"<= {TARGET_MAX_DIFF:g}", diff <= TARGET_MAX_DIFF))
@@ -273,8 +353,13 @@ def check_targets(measured_all: dict[str, dict], exact: dict[str, list] | None =
         own = max(max_abs_diff(measured_all[n]["lm-eval HFLM"]["scores"], exact[n]) for n in exact)
         lines.append(f"- max |lm-eval (defaults) - lm-eval with softmax_dtype=float64|: {own:.3g} "
                      "(lm-eval's own log-softmax rounding in the model dtype)")
-    diff = max(max_abs_diff(m["ours"]["scores"], m["opencompass-style"]["scores"]) for m in measured_all.values())
-    lines.append(f"- max |our loglikelihood - OpenCompass-style loop's| (same quantity, independent code): {diff:.3g}")
+    for name, m in measured_all.items():
+        if "opencompass (PyPI)" in m:
+            speed = common.ratio(m["opencompass (PyPI)"]["timing"].median, m["ours"]["timing"].median)
+            lines.append(f"- {name} speed, ours / opencompass (PyPI): {speed:.3g}")
+    if all("opencompass-style" in m for m in measured_all.values()):
+        diff = max(max_abs_diff(m["ours"]["scores"], m["opencompass-style"]["scores"]) for m in measured_all.values())
+        lines.append(f"- max |our loglikelihood - OpenCompass-style loop's| (same quantity, independent code): {diff:.3g}")
     return lines
 
 

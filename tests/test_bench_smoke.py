@@ -40,6 +40,9 @@ def test_hellaswag_and_boolq_items_follow_lm_eval(shared_dir):
     assert hs[0].context == "Roof shingle removal: A man is sitting on a roof. he"
     assert hs[0].continuations[3] == " starts pulling up roofing on a roof." and hs[0].gold == 3
     assert bench_ppl.lm_eval_preprocess("A [header] b [title] c  d ") == "A b. c d"
+    arc = bench_ppl.arc_easy_items(2, shared_dir / "data")
+    assert arc[0].context.startswith("Question: Which statement") and arc[0].context.endswith("\nAnswer:")
+    assert len(arc[0].continuations) == 4 and arc[0].gold == 0
     bq = bench_ppl.boolq_items(2, shared_dir / "data")
     assert bq[0].context.endswith("?\nAnswer:") and bq[0].continuations == [" no", " yes"]
 
@@ -64,7 +67,9 @@ def test_three_scorers_agree_and_ours_feeds_fewer_tokens(tiny_lm, shared_dir):
     assert measured["ours"]["tokens"].real < direct  # each context runs once, not four times
     assert all(m["tokens"].real <= m["tokens"].padded for m in measured.values())
     lines = bench_ppl.check_targets({"HellaSwag": measured})
-    assert any("per-label / ours" in line for line in lines)
+    assert any("forward tokens, opencompass-style / ours" in line for line in lines)
+    assert any(line.startswith("- HellaSwag padding share") for line in lines)
+    assert bench_ppl.padding_share(common.TokenCount(1, 100, 96)) == pytest.approx(0.04)
 
 
 def test_generation_variants_agree_without_padding(tiny_lm, shared_dir):

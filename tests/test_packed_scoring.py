@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from harness.models.hf_causal_lm import HFCausalLM, ScoreRequest
-from harness.models.packed_scoring import Unit, attention_allowed, pack, packing_supported
+from harness.models.packed_scoring import Unit, attention_allowed, pack, packing_mode, packing_supported
 from tests.test_apply import ARCHS, build_model
 
 
 def test_layout_of_one_context_with_two_continuations():
     # context [1, 2, 3]; continuations [4, 5] and [6, 7, 8]; scored from the continuation on
     unit = Unit([1, 2, 3], [ScoreRequest([1, 2, 3, 4, 5], 3), ScoreRequest([1, 2, 3, 6, 7, 8], 3)])
-    batch = pack([unit], pad_token_id=0)
+    batch = pack([[unit]], pad_token_id=0)
     # each continuation without its last token: [4] and [6, 7]
     assert batch.input_ids.tolist() == [[1, 2, 3, 4, 6, 7]]
     assert batch.position_ids.tolist() == [[0, 1, 2, 3, 3, 4]]
@@ -35,43 +35,48 @@ def test_layout_of_one_context_with_two_continuations():
 
 def test_targets_inside_the_context_keep_its_logits_and_rows_are_right_padded():
     units = [Unit([1, 2], [ScoreRequest([1, 2, 3], 1)]), Unit([5, 6, 7, 8], [ScoreRequest([5, 6, 7, 8, 9, 10], 4)])]
-    batch = pack(units, pad_token_id=0)
+    batch = pack([[u] for u in units], pad_token_id=0)
     assert batch.input_ids.tolist() == [[1, 2, 0, 0, 0], [5, 6, 7, 8, 9]]
     assert batch.keep.tolist() == [[True, True, False, False, False], [False, False, False, True, True]]
     assert batch.reads == [[0, 1], [-1, -1, -1, 2, 3]]
     pad_query = batch.allowed[0, 0, 3].int().tolist()
-    assert pad_query == [0, 0, 0, 1, 0]  # a pad sees only itself
+    assert pad_query == [0, 0, 1, 1, 0]  # padding is a unit of its own: it sees earlier padding only
+    assert batch.position_ids[0].tolist() == [0, 1, 0, 1, 2]
 
 
 def test_segments_to_mask():
-    allowed = attention_allowed(torch.tensor([[0, 1, 2, -1]]))[0, 0].int().tolist()
+    # one unit: context, continuation 1, continuation 2; then padding
+    allowed = attention_allowed(torch.tensor([[0, 0, 0, -1]]), torch.tensor([[0, 1, 2, 0]]))[0, 0].int().tolist()
     assert allowed == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]]
 
 
 def test_eager_mask_is_additive():
-    batch = pack([Unit([1, 2], [ScoreRequest([1, 2, 3, 4], 2), ScoreRequest([1, 2, 5, 6], 2)])], pad_token_id=0)
+    batch = pack([[Unit([1, 2], [ScoreRequest([1, 2, 3, 4], 2), ScoreRequest([1, 2, 5, 6], 2)])]], pad_token_id=0)
     additive = batch.attention_mask("eager", torch.float32)
     assert additive.dtype == torch.float32
     assert torch.equal(additive == 0, batch.allowed)
-    assert batch.attention_mask("sdpa", torch.float32) is batch.allowed
+    assert torch.equal(batch.attention_mask("sdpa", torch.float32), batch.allowed)
 
 
-def test_packing_needs_a_custom_mask_and_no_short_sliding_window():
+def test_packing_mode_follows_the_attention_and_refuses_a_short_sliding_window():
     def config(**fields):
         return SimpleNamespace(_attn_implementation="sdpa", **fields)
 
     assert packing_supported(config(), 10_000)
     assert packing_supported(SimpleNamespace(_attn_implementation="eager"), 100)
-    assert not packing_supported(SimpleNamespace(_attn_implementation="flash_attention_2"), 100)
+    assert packing_mode(SimpleNamespace(_attn_implementation="flash_attention_2"), 100) == "varlen"
+    assert packing_mode(SimpleNamespace(_attn_implementation="flex_attention"), 100) == "flex"
+    assert packing_mode(config(), 100) == "mask"
+    assert not packing_supported(SimpleNamespace(_attn_implementation="something_else"), 100)
     assert packing_supported(config(sliding_window=4096), 4096)
     assert not packing_supported(config(sliding_window=4096), 4097)
     assert packing_supported(config(sliding_window=16, use_sliding_window=False), 100)
 
 
-def test_flash_attention_models_fall_back_to_the_kv_cache_path(tiny_mixtral_path, monkeypatch):
+def test_models_with_a_short_sliding_window_fall_back_to_the_kv_cache_path(tiny_mixtral_path, monkeypatch):
     lm = HFCausalLM(str(tiny_mixtral_path), batch_size=3, max_seq_len=64)
     calls = []
-    monkeypatch.setattr(lm.model.config, "_attn_implementation", "flash_attention_2")
+    monkeypatch.setattr(lm.model.config, "sliding_window", 2, raising=False)
     monkeypatch.setattr(lm, "_score_on_cache", lambda units: calls.append(len(units)) or ([[0.0] * 3], [[True] * 3]))
     lm.score([[ScoreRequest([1, 2, 3, 4], 3)]])
     assert calls == [1]

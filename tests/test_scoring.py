@@ -159,15 +159,14 @@ def test_cut_at_stop_strings_takes_the_earliest():
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_the_size_that_fits(tiny_mixtral_path):
-    lm = HFCausalLM(str(tiny_mixtral_path), batch_size=8, max_seq_len=64)
+    """The KV-cache path batches a number of items: an out-of-memory halves that number."""
+    lm = HFCausalLM(str(tiny_mixtral_path), batch_size=8, max_seq_len=64, packed_scoring=False)
     real_forward = lm.model.forward
-    seen_batches = []
 
     def forward_that_fits_two(*args, **kwargs):
         ids = kwargs.get("input_ids")
-        if ids is not None and ids.shape[0] > 2 and kwargs.get("past_key_values") is None:
+        if ids is not None and ids.shape[0] > 2 and kwargs.get("cache", kwargs.get("past_key_values")) is None:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        seen_batches.append(None if ids is None else ids.shape[0])
         return real_forward(*args, **kwargs)
 
     lm.model.forward = forward_that_fits_two
@@ -177,6 +176,29 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_size_that_fits(tiny_mixtra
     lm.model.forward = real_forward
     reference = HFCausalLM(str(tiny_mixtral_path), batch_size=8, max_seq_len=64).score(groups)
     assert [s.logprob for g in scores for s in g] == pytest.approx([s.logprob for g in reference for s in g], abs=1e-5)
+
+
+def test_out_of_memory_halves_the_token_budget_of_packed_batches(tiny_mixtral_path):
+    lm = HFCausalLM(str(tiny_mixtral_path), batch_size=8, max_seq_len=64, max_batch_tokens=400)
+    real_forward = lm.model.forward
+    seen = []
+
+    def forward_that_fits_60_tokens(*args, **kwargs):
+        ids = kwargs["input_ids"]
+        if ids.numel() > 60:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        seen.append(ids.numel())
+        return real_forward(*args, **kwargs)
+
+    lm.model.forward = forward_that_fits_60_tokens
+    groups = random_groups(3, num_groups=9)
+    scores = lm.score(groups)
+    assert lm.collator.fits_tokens is not None and lm.collator.fits_tokens <= 60 and max(seen) <= 60
+    lm.model.forward = real_forward
+    for group, group_scores in zip(groups, scores):
+        for request, score in zip(group, group_scores):
+            expected = direct_logprobs(lm.model, request.tokens)[request.score_from - 1 :]
+            assert score.logprob == pytest.approx(sum(expected), abs=1e-5)
 
 
 def test_sampling_is_reproducible_with_a_seed_and_differs_from_greedy(lm):

@@ -20,6 +20,7 @@ import copy
 import inspect
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -245,26 +246,28 @@ class HFCausalLM:
         mode = packing_mode(self.model.config, longest) if self.packed_scoring else None
         if mode is None:
             lengths = [max(len(r.tokens) for r in group) for group in groups]
-            return self.collator.run(units, lengths, self._score_on_cache_batch, on_batch, batch_size)
+            run = lambda batch: [row[0] for row in self._score_batch(ScoreBatch([[g] for g in batch], None))]  # noqa: E731
+            return self.collator.run(units, lengths, run, on_batch, batch_size)
         layout = "varlen" if mode == "varlen" else "mask"
         lengths = [sum(unit_length(u, layout) for u in group_units) for group_units in units]
         budget = self.max_batch_tokens or self.collator.current(batch_size) * max(lengths)
         # a dense mask makes attention cost grow with the row width; flex and varlen skip the rest
         hidden = getattr(self.model.config, "hidden_size", None) or 4096
         attention_cost = 1.0 / (6 * hidden) if mode == "mask" else 0.0
-        return self.collator.run_packed(units, lengths, lambda rows: self._score_rows(rows, mode), budget,
-                                        on_batch, attention_cost)
+        return self.collator.run_packed(units, lengths, lambda rows: self._score_batch(ScoreBatch(rows, mode)),
+                                        budget, on_batch, attention_cost)
 
-    def _score_rows(self, rows: list[list[list[Unit]]], mode: str) -> list[list[list[Score]]]:
-        """Scores of packed rows (row -> group -> units), as row -> group -> request scores.
+    def _score_batch(self, batch: "ScoreBatch") -> list[list[list[Score]]]:
+        """Scores of a batch's rows (row -> group -> units), as row -> group -> request scores.
 
         Dense masks stay below ``MASK_LIMIT`` entries: a batch is split into forwards of fewer rows,
-        and a row too wide even alone goes through the KV-cache path."""
+        and a row too wide even alone goes through the KV-cache path (as does ``mode=None``)."""
+        rows, mode = batch.rows, batch.mode
         unit_rows = [[unit for group in row for unit in group] for row in rows]
         width = max(sum(unit_length(u, "varlen" if mode == "varlen" else "mask") for u in row) for row in unit_rows)
-        per_forward = len(unit_rows) if mode != "mask" else MASK_LIMIT // (width * width)
+        per_forward = len(unit_rows) if mode in ("flex", "varlen") else MASK_LIMIT // (width * width)
         logprobs, greedy = [], []
-        if per_forward < 1:
+        if mode is None or per_forward < 1:
             logprobs, greedy = self._score_on_cache([u for row in unit_rows for u in row])
         else:
             for k in range(0, len(unit_rows), per_forward):
@@ -273,11 +276,6 @@ class HFCausalLM:
                 greedy += gr
         flat = iter(zip(logprobs, greedy))
         return [[_scores_of([u for u in group], flat) for group in row] for row in rows]
-
-    def _score_on_cache_batch(self, groups_units: list[list[Unit]]) -> list[list[Score]]:
-        logprobs, greedy = self._score_on_cache([u for group in groups_units for u in group])
-        flat = iter(zip(logprobs, greedy))
-        return [_scores_of(group, flat) for group in groups_units]
 
     def _score_packed(self, rows: list[list[Unit]], mode: str) -> tuple[list[list[float]], list[list[bool]]]:
         """One forward of packed rows; per request (row-major) the log-probability and greedy flag
@@ -439,6 +437,18 @@ class HFCausalLM:
         )
         texts = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         return [cut_at_stop_strings(t, stops) for t in texts]
+
+
+@dataclass
+class ScoreBatch:
+    """What one scoring batch runs: rows of groups (each group its units) and how rows reach the
+    model (``packing_scoring.packing_mode``; None: the KV-cache path, one group per row)."""
+
+    rows: list[list[list[Unit]]]
+    mode: str | None
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 class StopOnStrings(StoppingCriteria):
