@@ -125,13 +125,14 @@ def _scores(moe, logits: torch.Tensor) -> torch.Tensor:
 
 def expert_outputs(experts, hidden: torch.Tensor, num_experts: int) -> torch.Tensor:
     """(E, T, H): every expert's own output f_j(x) on every row of ``hidden``, through the experts
-    module's forward (one expert at a time, weight 1), so any experts implementation is honoured."""
+    module's forward (one call, each row repeated once per expert with weight 1), so any experts
+    implementation is honoured."""
     tokens = hidden.shape[0]
-    ones = torch.ones(tokens, 1, dtype=hidden.dtype, device=hidden.device)
-    return torch.stack([
-        experts(hidden, torch.full((tokens, 1), j, dtype=torch.long, device=hidden.device), ones)
-        for j in range(num_experts)
-    ])
+    device = hidden.device
+    which = torch.arange(num_experts, device=device).repeat_interleave(tokens).unsqueeze(1)
+    ones = torch.ones(num_experts * tokens, 1, dtype=hidden.dtype, device=device)
+    out = experts(hidden.repeat(num_experts, 1), which, ones)
+    return out.reshape(num_experts, tokens, -1)
 
 
 class _Gatherer:

@@ -64,23 +64,30 @@ def dense_weights(indices: torch.Tensor, weights: torch.Tensor, num_experts: int
 
 def pruned_routing(moe, router, logits: torch.Tensor, keep: torch.Tensor, top_k: int) -> torch.Tensor:
     """(C, N, E) routing weights of the pruned routers (``keep``: (C, E) bool) for (N, E) logits, by
-    the family's rule over the kept experts (no groups)."""
-    logits = logits.float().unsqueeze(0)
-    blocked = ~keep.unsqueeze(1)
+    the family's rule over the kept experts (no groups).
+
+    Masking dropped logits does not change the order of the kept experts' selection scores, so each
+    token's experts are ranked once and a set's top-k are its first k kept experts in that order."""
+    logits = logits.double()
     if moe.adapter.scoring == "sigmoid":
-        scores = logits.sigmoid().expand(keep.shape[0], -1, -1)
+        scores = logits.sigmoid()
+        choice = scores
+        bias = getattr(router, moe.adapter.correction_bias_attr, None) if moe.adapter.correction_bias_attr else None
+        if bias is not None:
+            choice = scores + bias.double()
     else:
-        scores = logits.masked_fill(blocked, float("-inf")).softmax(dim=-1)
-    choice = scores
-    bias = getattr(router, moe.adapter.correction_bias_attr or "", None) if moe.adapter.correction_bias_attr else None
-    if bias is not None:
-        choice = scores + bias.float()
-    choice = choice.masked_fill(blocked, float("-inf"))
-    indices = choice.topk(top_k, dim=-1).indices
-    picked = scores.gather(-1, indices)
+        scores = (logits - logits.max(dim=-1, keepdim=True).values).exp()  # softmax numerators
+        choice = logits
+    ranks = choice.argsort(dim=-1, descending=True, stable=True)  # (N, E)
+    kept_ranked = keep[:, ranks]  # (C, N, E): is the token's r-th expert kept in set c
+    chosen_ranked = kept_ranked & (kept_ranked.cumsum(dim=-1) <= top_k)
+    chosen = torch.zeros_like(chosen_ranked).scatter_(-1, ranks.expand_as(chosen_ranked), chosen_ranked)
+    weights = scores.unsqueeze(0) * chosen
+    if moe.adapter.scoring != "sigmoid":  # softmax over the kept experts only
+        weights = weights / (keep.double() @ scores.T).unsqueeze(-1)
     if moe.renormalize:
-        picked = picked / (picked.sum(dim=-1, keepdim=True) + moe.adapter.renormalize_eps)
-    return dense_weights(indices, picked * moe.scaling, keep.shape[1])
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + moe.adapter.renormalize_eps)
+    return weights * moe.scaling
 
 
 def original_routing(router, hidden: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -105,7 +112,7 @@ def reconstruction_losses(moe, block, hidden: torch.Tensor, sets: list[tuple[int
     losses = []
     for start in range(0, len(sets), chunk):
         diff = pruned_routing(moe, router, logits, keep_all[start: start + chunk], top_k) - reference  # (C, N, E)
-        squared = torch.einsum("cne,nef,cnf->c", diff, gram, diff)
+        squared = (torch.einsum("cne,nef->cnf", diff, gram) * diff).sum(dim=(1, 2))
         losses.append(squared.clamp(min=0).sqrt())
     return torch.cat(losses).cpu()
 
