@@ -178,3 +178,37 @@ def test_too_few_corpus_tokens_says_how_many_were_used(tmp_path):
     assert [len(s) for s in data.samples] == [4, 4, 2] and "holds 10 tokens" in data.note
     with pytest.raises(HarnessError, match="no tokens"):
         corpus_samples(str(corpus), lambda text: [], 4, 4)
+
+
+@pytest.mark.slow  # three runs of compress.py (about 45 s on 2 cores)
+def test_a_calibration_killed_with_sigkill_reruns_to_the_same_plan(tmp_path, tiny_mixtral_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"sort: {i % 7} {i % 5} {i % 3} = tokens {i}"}) + "\n" for i in range(400)))
+
+    def argv(work):
+        return [toy_config(tmp_path), "--model_path", str(tiny_mixtral_path), "--work_dir", str(work), "--data_root",
+                str(REPO / "data"), "--max_num", "2", "--method", "naee", "--budget", "4", "--calib_data", str(corpus),
+                "--calib_samples", "200", "--calib_seq_len", "64", "--batch_size", "1"]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(REPO / "harness/tasks/compress.py"), *argv(killed)], cwd=REPO,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stderr:  # kill as soon as the pass starts
+        if "calibrating on" in line:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    from harness.methods.calibration_store import load_stats
+
+    for saved in (killed / "calibration").glob("*.safetensors"):  # a file under its final name is complete
+        assert load_stats(saved).num_tokens > 0
+    assert compress.main(argv(killed)) == 0
+    assert compress.main(argv(tmp_path / "fresh")) == 0
+    again, fresh = load_plan(killed / "plan.safetensors"), load_plan(tmp_path / "fresh/plan.safetensors")
+    assert again.fingerprint() == fresh.fingerprint()
