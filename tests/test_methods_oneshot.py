@@ -180,7 +180,7 @@ def test_too_few_corpus_tokens_says_how_many_were_used(tmp_path):
         corpus_samples(str(corpus), lambda text: [], 4, 4)
 
 
-@pytest.mark.slow  # three runs of compress.py (about 45 s on 2 cores)
+@pytest.mark.slow  # 3 compress.py runs, ~45 s; faster: test_a_second_method_on_the_same_data_reuses_the_statistics, tests/test_io_safety.py (atomic writes)
 def test_a_calibration_killed_with_sigkill_reruns_to_the_same_plan(tmp_path, tiny_mixtral_path):
     import os
     import signal
