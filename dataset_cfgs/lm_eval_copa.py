@@ -1,7 +1,7 @@
 # SuperGLUE COPA validation as lm-evaluation-harness's copa task: the row transform lm_eval_copa
 # writes query = premise without its full stop + ' because'/' therefore', and choices = ' ' + the
 # choice with its first letter lower-cased; with the target delimiter (choice_template=' {choice}')
-# the scored continuation starts with two spaces, as in lm-eval (one space changes 8 of 100
+# the scored continuation starts with two spaces, as in lm-eval (issue 19: one space changed 8 of 100
 # predictions). Metrics: accuracy, accuracy_norm. Data: SuperGLUE's COPA/val.jsonl in
 # <data_root>/COPA/ (not in ../shared/data).
 from mmengine.config import read_base
