@@ -37,23 +37,14 @@ from harness.errors import HarnessError
 from harness.io import atomic_write_json
 from harness.methods import cd_moe
 from harness.methods.calibration import task_texts
-from harness.run import Run, add_run_arguments, make_parser, positive_int
+from harness.run import Run, add_run_arguments, int_at_least, make_parser, positive_int
 from harness.runner import PlanRunner
 
 log = logging.getLogger("harness.condense")
 DEFAULT_CALIB = "../shared/data/c4/c4-train.00000-of-01024.first1041.jsonl"
 
 
-def non_negative_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+non_negative_int = int_at_least(0)
 
 
 def parse_args(argv=None):
