@@ -41,6 +41,7 @@ from harness.compress.adapters import adapter_for, decoder_layers, moe_block  # 
 from harness.compress.apply import apply_plan  # noqa: E402
 from harness.compress.formats import load_plan  # noqa: E402
 from harness.compress.plan import CompressionPlan  # noqa: E402
+from harness.efficiency.memory import storage_bytes  # noqa: E402
 
 SHAPE = "Mixtral-8x7B"  # common.REAL_SHAPES, but for the depth (``--layers``)
 EEP_PLAN = common.REPO.parent / "shared" / "eep" / "searched_coeff" / "boolq_budget_4.pth"
@@ -90,15 +91,6 @@ def variants(layers: int) -> tuple[list[Variant], str]:
 
 
 # ----------------------------------------------------------------------------------- measurements
-def storage_bytes(tensors) -> int:
-    """Bytes of the distinct storages behind ``tensors`` (what keeping them alive costs)."""
-    seen: dict[int, int] = {}
-    for tensor in tensors:
-        storage = tensor.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values())
-
-
 def expert_tensors(model) -> list[torch.Tensor]:
     """The fused expert weights of every MoE block (gate_up_proj, down_proj, ...)."""
     adapter = adapter_for(model)
