@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from harness.compress.adapters import resolve
 from harness.errors import HarnessError
+from harness.models.hf_causal_lm import right_pad
 
 DEFAULT_CACHE_TOKENS = 4096  # X/Z tokens kept per MoE layer
 DEFAULT_RATIO_TOKENS = 1 << 18  # w(2)/w(1) ratios kept per MoE layer (NAEE's median needs them)
@@ -281,17 +282,6 @@ class _Gatherer:
         stats.num_tokens += tokens
 
 
-def _pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right padding: positions start at 0 in every row, as in a one-sample forward."""
-    width = max(len(t) for t in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, tokens in enumerate(batch):
-        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        mask[row, : len(tokens)] = 1
-    return ids.to(device), mask.to(device)
-
-
 def _samples(data, lm) -> list[list[int]]:
     """Token-id lists from ``data``: token lists as they are, texts encoded by the lm's tokenizer."""
     samples = []
@@ -325,7 +315,7 @@ def calibrate(model, data, source: str = "", cache_tokens: int = DEFAULT_CACHE_T
     device = next(net.parameters()).device if lm is None else lm.device
 
     def run_batch(batch: list[list[int]]) -> list[None]:
-        gatherer.run(*_pad(batch, pad, device))
+        gatherer.run(*right_pad(batch, pad, device))
         return [None] * len(batch)
 
     with gatherer.hooked():
@@ -369,7 +359,7 @@ def moe_io(model, samples: list[list[int]], layer: int, cache_tokens: int, batch
         for start in range(0, len(order), batch_size):
             if have >= cache_tokens:
                 break
-            ids, mask = _pad([samples[i] for i in order[start: start + batch_size]], pad_token_id, device)
+            ids, mask = right_pad([samples[i] for i in order[start: start + batch_size]], pad_token_id, device)
             state["mask"] = mask
             try:
                 model(input_ids=ids, attention_mask=mask, use_cache=False)

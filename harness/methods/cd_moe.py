@@ -36,6 +36,7 @@ from harness.compress.apply import apply_plan, reset_plan, snapshot_experts
 from harness.compress.condensed import expert_output, shared_output
 from harness.compress.plan import CompressionPlan, LayerPlan, one_hot_rows
 from harness.errors import HarnessError
+from harness.models.hf_causal_lm import right_pad
 
 EPS = 1e-10
 WEIGHT_RULES = ("gate", "routed")
@@ -82,14 +83,7 @@ def make_batches(documents: list[list[int]], pad_token_id: int, batch_size: int,
     """Documents (token lists) in order, ``batch_size`` a batch, right-padded (positions start at 0)."""
     batches = []
     for start in range(0, len(documents), batch_size):
-        chunk = documents[start:start + batch_size]
-        width = max(len(d) for d in chunk)
-        ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, tokens in enumerate(chunk):
-            ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            mask[row, :len(tokens)] = 1
-        batches.append(Batch(ids.to(device), mask.to(device)))
+        batches.append(Batch(*right_pad(documents[start:start + batch_size], pad_token_id, device)))
     return batches
 
 

@@ -20,7 +20,7 @@ from harness.compress.plan import CompressionPlan
 from harness.errors import HarnessError
 from harness.methods.base import Method, MethodInputs
 from harness.methods.frequency import top_experts
-from harness.methods.merging import check_merge_budget, expert_weights, layer_stat, merge_plan
+from harness.methods.merging import check_merge_budget, expert_weights, layer_budgets, layer_stat, merge_plan
 from harness.registry import METHODS
 
 SIMILARITIES = ("router_logits", "expert_outputs", "weights")
@@ -83,8 +83,6 @@ class MSMoE(Method):
         check_merge_budget(inputs)
 
     def build(self, inputs: MethodInputs) -> CompressionPlan:
-        from harness.methods.merging import check_merge_budget, layer_budgets
-
         counts = {layer: layer_stat(inputs.stats, "counts", layer, "m_smoe") for layer in inputs.shape.moe_layers}
         budgets = layer_budgets(counts, inputs.budget, "frequency" if self.globally_group else "uniform", "grouping")
         groups = {layer: group_by_dominants(counts[layer], self.layer_similarity(inputs, layer), budgets[layer])

@@ -374,8 +374,8 @@ class HFCausalLM:
     def _run_suffix_chunk(self, suffixes, starts, index, cache, prefix_mask):
         """Right-padded forward of suffixes (all but their last token) on rows ``index`` of the cache."""
         cache.reorder_cache(index)
-        ids, suffix_mask = _right_pad([s[:-1] for s in suffixes], self.pad_token_id, self.device)
-        targets, _ = _right_pad([s[1:] for s in suffixes], 0, self.device)
+        ids, suffix_mask = right_pad([s[:-1] for s in suffixes], self.pad_token_id, self.device)
+        targets, _ = right_pad([s[1:] for s in suffixes], 0, self.device)
         mask = torch.cat([prefix_mask[index], suffix_mask], dim=1)
         positions = torch.tensor(starts, device=self.device)[:, None] + torch.arange(ids.shape[1], device=self.device)
         # transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` (the old name warns)
@@ -558,7 +558,8 @@ def _left_pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, to
     return ids.to(device), mask.to(device)
 
 
-def _right_pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def right_pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token lists padded on the right: positions start at 0 in every row."""
     width = max(1, max(len(s) for s in seqs))
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
