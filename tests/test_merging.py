@@ -262,3 +262,114 @@ def test_missing_statistics_are_named():
     del stats.logit_gram
     with pytest.raises(HarnessError, match="needs calibration statistic 'logit_gram' for MoE layer 0"):
         build_plan("m_smoe", inputs_for(2, stats))
+
+
+# ----------------------------------------------------------------------------------------------
+# The issue's spelling, the similarity options and the per-layer group counts
+
+
+def test_msmoe_is_the_same_method_as_m_smoe():
+    stats = explicit_stats()
+    one, two = build_plan("msmoe", inputs_for(3, stats)), build_plan("m_smoe", inputs_for(3, stats))
+    assert two.metadata["method"] == "m_smoe" and one.metadata["method"] == "msmoe"
+    for layer in (0, 1):
+        assert one.layers[layer].groups() == two.layers[layer].groups()
+        assert torch.equal(one.layers[layer].merge, two.layers[layer].merge)
+
+
+def loop_cosines(rows: torch.Tensor) -> torch.Tensor:
+    """cos(rows[i], rows[j]) written out with sums, in float64."""
+    rows = rows.double()
+    out = torch.zeros(len(rows), len(rows), dtype=torch.float64)
+    for i in range(len(rows)):
+        for j in range(len(rows)):
+            dot = sum(float(a) * float(b) for a, b in zip(rows[i], rows[j]))
+            out[i, j] = dot / (float((rows[i] ** 2).sum()) ** 0.5 * float((rows[j] ** 2).sum()) ** 0.5)
+    return out
+
+
+def test_m_smoe_expert_output_similarity_groups_by_direct_cosines():
+    stats = explicit_stats(seed=9)
+    plan = build_plan("m_smoe", inputs_for(3, stats), similarity="expert_outputs")
+    for layer in (0, 1):
+        want = group_by_dominants(stats.counts[layer], loop_cosines(stats.expert_output_sum[layer]), 3)
+        assert plan.layers[layer].groups() == want
+    assert plan.metadata["similarity"] == "expert_outputs"
+
+
+def test_m_smoe_weight_similarity_groups_by_direct_cosines_of_the_flattened_experts():
+    model = build_model("mixtral")
+    plan = build_plan("m_smoe", inputs_for(3, model=model), similarity="weights")
+    counts = explicit_stats().counts
+    for layer in (0, 1):
+        experts = model.model.layers[layer].mlp.experts
+        rows = torch.stack([torch.cat([experts.gate_up_proj[e].flatten(), experts.down_proj[e].flatten()])
+                            for e in range(E)]).detach()
+        assert plan.layers[layer].groups() == group_by_dominants(counts[layer], loop_cosines(rows), 3)
+    # another option changes the groups on this model (the options are really different)
+    by_logits = build_plan("m_smoe", inputs_for(3, model=model))
+    assert any(by_logits.layers[layer].groups() != plan.layers[layer].groups() for layer in (0, 1))
+
+
+def test_adaptive_counts_never_leave_a_layer_without_a_group():
+    # layer 0 was never used (all its normalised values are 1): pooled naively its four 1s would take
+    # both of budget 1 x 2 layers' groups and leave layer 1 none
+    counts = {0: torch.zeros(4), 1: torch.tensor([4, 1, 0, 0])}
+    assert adaptive_group_counts(counts, 1) == {0: 1, 1: 1}
+    assert adaptive_group_counts(counts, 2) == {0: 3, 1: 1}
+
+
+def skewed_stats():
+    """Layer 0's usage is spread, layer 1's concentrated: the adaptive rule gives layer 0 more groups."""
+    stats = explicit_stats(seed=10)
+    stats.counts = {0: torch.tensor([50, 48, 46, 44, 42, 40, 38, 36]), 1: torch.tensor([100, 90, 10, 5, 4, 3, 2, 1])}
+    return stats
+
+
+def test_m_smoe_global_grouping_uses_the_adaptive_counts():
+    # normalised: layer 0 [1 .96 .92 .88 .84 .80 .76 .72], layer 1 [1 .9 .1 .05 ...]; the 6 largest of
+    # 16 (budget 3 x 2 layers): 1, 1, .96, .92, .9, .88 -> layer 0 keeps 4, layer 1 keeps 2
+    stats = skewed_stats()
+    plan = build_plan("m_smoe", inputs_for(3, stats), globally_group=True)
+    assert [len(plan.layers[layer].groups()) for layer in (0, 1)] == [4, 2]
+    gram = stats.logit_gram[1].double()
+    cos = gram / (gram.diagonal().sqrt()[:, None] * gram.diagonal().sqrt()[None, :])
+    assert plan.layers[1].groups() == group_by_dominants(stats.counts[1], (cos + 1) / 2, 2)
+    assert plan.metadata["globally_group"] is True
+
+
+def test_hc_smoe_frequency_counts_cluster_each_layer_to_its_adaptive_count():
+    stats = skewed_stats()
+    plan = build_plan("hc_smoe", inputs_for(3, stats, top_k=3), group_counts="frequency").validate()
+    for layer, clusters in ((0, 4), (1, 2)):
+        mean = stats.expert_output_sum[layer].double() / stats.num_tokens
+        assert plan.layers[layer].groups() == naive_average_linkage(mean, clusters)
+    assert plan.layers[0].top_k is None and plan.layers[1].top_k == 2  # 2 clusters < top-3
+    assert plan.metadata["group_counts"] == "frequency"
+
+
+def test_m_smoe_lowers_top_k_where_a_layer_has_fewer_groups():
+    plan = build_plan("m_smoe", inputs_for(1)).validate()
+    assert all(plan.layers[layer].top_k == 1 and plan.layers[layer].groups() == [list(range(E))] for layer in (0, 1))
+
+
+def test_merging_a_bfloat16_model_accumulates_in_float32_and_stays_bfloat16():
+    """Eight bf16 experts averaged: the result is the fp32 sum rounded once, not a chain of bf16 adds."""
+    from harness.compress.plan import CompressionPlan
+    from harness.methods.merging import merge_layer_plan
+
+    model = build_model("mixtral").to(torch.bfloat16)
+    experts = model.model.layers[0].mlp.experts
+    counts = torch.tensor([7, 1, 3, 2, 5, 1, 1, 4])
+    groups = [list(range(E))]
+    weights = [float(c) / float(counts.sum()) for c in counts]
+    want = sum(w * experts.gate_up_proj[e].double() for e, w in zip(range(E), weights)).to(torch.bfloat16)
+    chained = experts.gate_up_proj[0] * torch.tensor(weights[0], dtype=torch.bfloat16)
+    for e in range(1, E):
+        chained = chained + experts.gate_up_proj[e] * torch.tensor(weights[e], dtype=torch.bfloat16)
+    plan = CompressionPlan(num_layers=2, num_experts=E, layers={0: merge_layer_plan(groups, counts, top_k=2)})
+    merged = apply_plan(copy.deepcopy(model), plan).model.layers[0].mlp.experts
+    assert merged.gate_up_proj.dtype == torch.bfloat16
+    # fp32 accumulation of the float32-rounded weights: within one bf16 rounding of the exact average
+    assert torch.allclose(merged.gate_up_proj[0].double(), want.double(), rtol=2 ** -7, atol=1e-6)
+    assert (merged.gate_up_proj[0] - want).abs().max() < (chained - want).abs().max()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -45,3 +46,52 @@ def test_merging_methods_run_on_calibration_statistics(calibrated, name, setting
         if hasattr(block, attr):
             after = getattr(merged.model.layers[moe_layers(model)[0]].mlp, attr)
             assert all(torch.equal(a, b) for a, b in zip(getattr(block, attr).state_dict().values(), after.state_dict().values()))
+
+
+# ----------------------------------------------------------------------------------------------
+# compress.py: the spelling --method msmoe, and bad input before anything is written
+
+
+def test_compress_runs_msmoe_and_hc_smoe(tmp_path, tiny_mixtral_path):
+    from harness.compress import load_plan
+    from tests.test_methods_oneshot import run_compress
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"sort: {i % 7} {i % 5} {i % 3} = x"}) + "\n" for i in range(20)))
+    common = ["--calib_data", str(corpus), "--calib_samples", "4", "--calib_seq_len", "16", "--calib_dir", str(tmp_path / "c")]
+    rc, work = run_compress(tmp_path, tiny_mixtral_path, "msmoe", "--method", "msmoe", "--budget", "3", *common)
+    assert rc == 0
+    plan = load_plan(work / "plan.safetensors")
+    assert plan.metadata["method"] == "msmoe" and plan.metadata["routing"] == "after_top_k"
+    assert all(len(lp.groups()) == 3 and lp.expert_to_slot is not None for lp in plan.layers.values())
+    rc, work = run_compress(tmp_path, tiny_mixtral_path, "hc", "--method", "hc_smoe", "--budget", "1", *common)
+    assert rc == 0
+    plan = load_plan(work / "plan.safetensors")
+    assert all(lp.top_k == 1 and lp.groups() == [list(range(8))] for lp in plan.layers.values())
+
+
+@pytest.mark.parametrize("extra, cfg, message", [
+    (["--method", "msmoe", "--budget", "9"], None, "--budget 9 must be an int between 1 and the model's 8 experts"),
+    (["--method", "hc_smoe", "--budget", "2"], "method = dict(type='hc_smoe', linkage='median')", "linkage 'median' is unknown"),
+    (["--method", "m_smoe", "--budget", "2"], "method = dict(type='m_smoe', similarity='jaccard')", "similarity 'jaccard' is unknown"),
+])
+def test_compress_bad_merging_input_is_one_line_before_anything_is_written(tmp_path, tiny_mixtral_path, capsys,
+                                                                           extra, cfg, message):
+    from tests.test_methods_oneshot import run_compress
+
+    if cfg is not None:
+        (tmp_path / "cfg.py").write_text(cfg + "\n")
+        extra = [*extra, "--method_cfg", str(tmp_path / "cfg.py")]
+    rc, work = run_compress(tmp_path, tiny_mixtral_path, "bad", *extra)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and not work.exists()
+    assert len([line for line in err.splitlines() if "rror" in line]) == 1
+
+
+def test_compress_budget_below_one_is_refused_by_the_argument_parser(tmp_path, tiny_mixtral_path, capsys):
+    from tests.test_methods_oneshot import run_compress
+
+    with pytest.raises(SystemExit) as info:
+        run_compress(tmp_path, tiny_mixtral_path, "bad", "--method", "hc_smoe", "--budget", "0")
+    assert info.value.code == 2 and "argument --budget: must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -229,6 +229,27 @@ def test_plans_without_the_new_fields_stay_version_1(tmp_path):
     assert read_harness_plan(path).fingerprint() == plan.fingerprint()
 
 
+def test_a_version_1_file_written_without_the_harness_still_loads(tmp_path):
+    """A version-1 file as the pre-v2 writer laid it out, written here with safetensors itself."""
+    from safetensors.torch import save_file
+
+    merge = torch.zeros(4, E)
+    merge[[0, 1, 2, 3], [1, 3, 5, 7]] = 1.0
+    merge[0, 0] = merge[0, 1] = 0.5
+    router = merge.clone()
+    header = {"format_version": 1, "num_layers": 2, "num_experts": E, "hidden_size": None, "skip_blocks": [],
+              "layers": {"1": {"mode": "routed", "top_k": None, "skip_threshold": None}}, "metadata": {"method": "old"}}
+    path = tmp_path / "old.safetensors"
+    save_file({"layers.1.merge": merge, "layers.1.router": router}, str(path),
+              metadata={HEADER_KEY: json.dumps(header), "format": "pt"})
+    plan = load_plan(path)
+    lp = plan.layers[1]
+    assert torch.equal(lp.merge, merge) and torch.equal(lp.router, router)
+    assert lp.expert_to_slot is None and lp.permutations is None and plan.metadata["method"] == "old"
+    again = save_plan(plan, tmp_path / "again.safetensors")
+    assert json.loads(safe_open(str(again), "pt").metadata()[HEADER_KEY])["format_version"] == 1
+
+
 def test_fingerprint_covers_the_slot_map_and_permutations():
     base = v2_plan()
     other_map = copy.deepcopy(base)

@@ -11,6 +11,8 @@ router-logit columns over all calibration tokens, mapped to (cos + 1) / 2, from 
 matrix), ``expert_outputs`` (cosine of the experts' mean outputs over all calibration tokens) or
 ``weights`` (cosine of the flattened expert weights). ``globally_group=True`` sets per-layer group
 counts by MC-SMoE's adaptive rule (``merging.adaptive_group_counts``) instead of B in every layer.
+
+Registered as ``m_smoe`` and, the same class, ``msmoe``.
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def group_by_dominants(counts: torch.Tensor, similarity: torch.Tensor, budget: i
     return [sorted(g) for g in groups]
 
 
-@METHODS.register_module(name="m_smoe")
+@METHODS.register_module(name=["m_smoe", "msmoe"])  # msmoe: the issue's and MC-SMoE's spelling
 class MSMoE(Method):
     needs_calibration = True
 

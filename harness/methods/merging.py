@@ -49,16 +49,19 @@ def adaptive_group_counts(counts: dict[int, torch.Tensor], budget: int) -> dict[
     """MC-SMoE's global rule: per-layer group counts that add up to ``budget`` per layer on average.
 
     Each layer's counts are divided by that layer's maximum, all layers' values are pooled, and the
-    ``budget * L`` largest are kept; a layer gets as many groups as it has kept values (at least
-    one: every layer's maximum, 1, is among them). Ties are broken by layer, then expert id, so the
-    total is exact (the reference thresholds at one value, so ties there can exceed it).
+    ``budget * L`` largest are kept; a layer gets as many groups as it has kept values. Every
+    layer keeps its most used expert first (its value 1 could otherwise lose a tie at 1 to other
+    layers' values, leaving it no group). Ties are broken by layer, then expert id, so the total is
+    exact (the reference thresholds at one value, so ties there can exceed it).
     """
-    pooled = []
+    firsts, rest = [], []
     for layer, layer_counts in sorted(counts.items()):
         values = layer_counts.double()
         values = values / values.max() if values.max() > 0 else torch.ones_like(values)
-        pooled += [(-float(v), layer, e) for e, v in enumerate(values)]
-    chosen = sorted(pooled)[: budget * len(counts)]
+        ranked = sorted((-float(v), layer, e) for e, v in enumerate(values))
+        firsts.append(ranked[0])
+        rest += ranked[1:]
+    chosen = firsts + sorted(rest)[: budget * len(counts) - len(firsts)]
     per_layer = {layer: 0 for layer in counts}
     for _, layer, _ in chosen:
         per_layer[layer] += 1
