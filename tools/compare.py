@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.cli import main_guard  # noqa: E402
 from harness.compare.plots import write_plots  # noqa: E402
 from harness.compare.runner import Comparison  # noqa: E402
-from harness.compare.setup import prepare  # noqa: E402
+from harness.compare.setup import check_loaded_budgets, prepare  # noqa: E402
 from harness.compare.table import write_table  # noqa: E402
 from harness.run import add_run_arguments, make_parser, positive_int  # noqa: E402
 from harness.runner import PlanRunner  # noqa: E402
@@ -49,6 +49,7 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     runner = PlanRunner(run, run.load_model())
+    check_loaded_budgets(runner.lm.model, args.budget)  # a hub model's expert count is known only now
     runner.calibration_dir = run.work_dir / "calibration"
     comparison = Comparison(suite, run, runner, list(dict.fromkeys(args.budget)), run.tasks, calibration)
     comparison.timings["model load"] = time.perf_counter() - start

@@ -216,10 +216,17 @@ class Comparison:
         return plan
 
     # ------------------------------------------------------------------ running
+    def run_order(self) -> list[Entry]:
+        """The full model, then method by method, each at every budget: a run stopped early leaves
+        whole methods (at both budgets) rather than one budget only."""
+        rows = {row.label: i for i, row in enumerate(self.suite.rows)}
+        return sorted(self.entries, key=lambda e: (e.budget is not None, rows.get(e.units[0].row.label, -1),
+                                                   e.budget or 0))
+
     def run_all(self, on_progress=None) -> None:
-        """Every unit in table order; ``on_progress()`` after each (the table is rewritten there)."""
+        """Every unit (``run_order``); ``on_progress()`` after each (the table is rewritten there)."""
         self.calibrate_once()
-        for entry in self.entries:
+        for entry in self.run_order():
             for unit in entry.units:
                 self.run_unit(unit)
                 if on_progress is not None:

@@ -45,20 +45,31 @@ def prepare(args) -> tuple[Suite, Run, SimpleNamespace]:
 
 
 def check_budgets(model_path: str, budgets: list[int]) -> None:
-    """Every budget keeps at least the model's top-k and fewer than its E experts (local models)."""
+    """Every budget keeps at least the model's top-k and fewer than its E experts (local models;
+    a hub id is checked by ``check_loaded_budgets`` once loaded, still before anything is written)."""
     config_file = Path(model_path) / "config.json"
     if not config_file.is_file():
         if not Path(model_path).exists() and not _looks_like_hub_id(model_path):
             raise HarnessError(f"--model_path {model_path} not found; pass a model folder or a hub id")
-        return  # a hub id: checked once the model is loaded
+        return
     from harness.compress.adapters import ResolvedMoE
 
     moe = ResolvedMoE.from_config(json.loads(config_file.read_text(encoding="utf-8")))
+    budget_range(moe.num_experts, moe.top_k, budgets, str(config_file))
+
+
+def check_loaded_budgets(model, budgets: list[int]) -> None:
+    from harness.compress.adapters import resolve
+
+    moe = resolve(model)
+    budget_range(moe.num_experts, moe.top_k, budgets, "loaded")
+
+
+def budget_range(num_experts: int, top_k: int, budgets: list[int], where: str) -> None:
     for budget in budgets:
-        if not moe.top_k <= budget < moe.num_experts:
-            raise HarnessError(f"--budget {budget}: the model ({config_file}) has {moe.num_experts} experts per MoE "
-                               f"layer and routes each token to {moe.top_k}; pass budgets from {moe.top_k} to "
-                               f"{moe.num_experts - 1}")
+        if not top_k <= budget < num_experts:
+            raise HarnessError(f"--budget {budget}: the model ({where}) has {num_experts} experts per MoE layer and "
+                               f"routes each token to {top_k}; pass budgets from {top_k} to {num_experts - 1}")
 
 
 def _looks_like_hub_id(text: str) -> bool:

@@ -29,7 +29,8 @@ def entry_values(comparison: Comparison, entry: Entry) -> dict:
     for unit in entry.units:
         status = read_json(unit.folder / STATUS) or {}
         errors = status.get("errors") or {}
-        out["errors"] += [f"{part}: {message}" for part, message in errors.items()]
+        out["errors"] += [f"{part}: {message}" for part, message in errors.items()
+                          if f"{part}: {message}" not in out["errors"]]  # seeds failing alike: once
         out["seconds"] += sum((status.get("seconds") or {}).values())
         for bench in comparison.suite.benchmarks:
             part = f"benchmark:{bench.abbr}"
