@@ -327,8 +327,13 @@ def test_bad_alias_plans_fail_before_any_weight_changes():
     wrong_width = aliased_layer(permutations=torch.arange(7).expand(E, 7).clone())
     with_router = aliased_layer()
     with_router.router = with_router.merge.clone()
+    not_perm = aliased_layer(permutations=torch.zeros(E, 48, dtype=torch.long))
+    out_of_range = aliased_layer()
+    out_of_range.expert_to_slot = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
     for lp, message in ((wrong_width, "layer 1: permutations order 7 neurons but the experts have 48"),
-                        (with_router, "layer 1: expert_to_slot .* no router mapping")):
+                        (with_router, "layer 1: expert_to_slot .* no router mapping"),
+                        (not_perm, r"layer 1: permutations rows \[0, 1, 2, 3, 4\] are not permutations"),
+                        (out_of_range, r"layer 1: .*slots \[4\], out of range")):
         with pytest.raises(HarnessError, match=message):
             apply_plan(model, plan_of(model, {0: aliased_layer(), 1: lp}))
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
