@@ -43,6 +43,17 @@ class Collator:
         size = int(requested or self.batch_size)
         return min(size, self.fits) if self.fits is not None else size
 
+    @staticmethod
+    def order(items: Sequence, lengths: Sequence[int], same_batch: Callable[[object], object] | None = None) -> list[int]:
+        """The order ``run`` takes items in: longest first, grouped by ``same_batch`` key if given."""
+        order = sorted(range(len(items)), key=lambda i: -lengths[i])
+        if same_batch is not None:  # stable: keeps longest-first inside each key
+            keys = {}
+            for i in order:
+                keys.setdefault(same_batch(items[i]), []).append(i)
+            order = [i for group in keys.values() for i in group]
+        return order
+
     def run(
         self,
         items: Sequence,
@@ -57,12 +68,7 @@ class Collator:
         ``on_batch(positions, results)`` is called after every batch. ``same_batch(item)`` gives a
         key; only items with equal keys share a batch (e.g. generation settings).
         """
-        order = sorted(range(len(items)), key=lambda i: -lengths[i])
-        if same_batch is not None:  # stable: keeps longest-first inside each key
-            keys = {}
-            for i in order:
-                keys.setdefault(same_batch(items[i]), []).append(i)
-            order = [i for group in keys.values() for i in group]
+        order = self.order(items, lengths, same_batch)
         results: list = [None] * len(items)
         start = 0
         while start < len(order):

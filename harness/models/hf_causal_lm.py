@@ -8,7 +8,9 @@
   suffixes on its KV cache. Continuation-only log-likelihood and whole-sequence average
   perplexity are both sums over a chosen range of these positions.
 - ``score_rolling``: the same scoring over the rolling windows of a long text.
-- ``generate``: batched, left-padded, left-truncated generation with stop strings.
+- ``generate``: left-truncated generation with stop strings; greedy requests go through
+  ``refill.RefillDecoder`` (a finished row is refilled with the next prompt at once), others
+  through batched, left-padded HF ``generate``.
 - ``encode``: the tokenisation all of them use (special tokens added, as the model expects).
 
 Batching is the ``Collator``'s: longest first, halved on out-of-memory, the size that fits kept
@@ -30,6 +32,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from harness.errors import HarnessError
 from harness.models.api import GenerationRequest, OnBatch, RollingRequest, Score, ScoreRequest, rolling_windows
 from harness.models.collator import Collator, check_token_budget
+from harness.models.refill import NotRefillable, RefillDecoder, greedy_compatible
 from harness.models.packed_scoring import MASK_LIMIT, Unit, pack, packing_mode, unit_length
 from harness.registry import MODELS
 
@@ -85,6 +88,7 @@ class HFCausalLM:
         add_special_tokens: bool = True,
         packed_scoring: bool = True,
         max_batch_tokens: int | None = None,
+        refill_rows: bool = True,
         model=None,
         tokenizer=None,
     ):
@@ -102,6 +106,10 @@ class HFCausalLM:
         self.packed_scoring = bool(packed_scoring)
         # tokens per packed scoring batch; None: batch_size times the longest item of the call
         self.max_batch_tokens = check_token_budget(max_batch_tokens)
+        # greedy generation refills finished rows with the next prompt (refill.py); False: HF generate
+        self.refill_rows = bool(refill_rows)
+        self._cache_refillable: bool | None = None  # False once the model's cache proved not refillable
+        self._decoder: RefillDecoder | None = None
         self.tokenizer = tokenizer if tokenizer is not None else self._load_tokenizer(
             tokenizer_path or self.path, tokenizer_kwargs or {}
         )
@@ -420,10 +428,49 @@ class HFCausalLM:
         requests = [r if isinstance(r, GenerationRequest) else
                     self.generation_request(r, max_out_len, stop_strings, min_out_len, **generation_kwargs)
                     for r in requests]
-        return self.collator.run(requests, [len(r.tokens) for r in requests], self._generate_batch,
-                                 on_batch, batch_size, same_batch=GenerationRequest.settings_key)
+        lengths = [len(r.tokens) for r in requests]
+        order = self.collator.order(requests, lengths, GenerationRequest.settings_key)
+        self._decoder = self._refill_decoder([requests[i] for i in order if self._refillable(requests[i])],
+                                             batch_size)
+        try:
+            return self.collator.run(requests, lengths, self._generate_batch, on_batch, batch_size,
+                                     same_batch=GenerationRequest.settings_key)
+        finally:
+            self._decoder = None
+
+    def _refillable(self, request: GenerationRequest) -> bool:
+        """Greedy without logits processors: decoded by ``RefillDecoder`` (refilled rows)."""
+        if not self.refill_rows or self._cache_refillable is False:
+            return False
+        return greedy_compatible(self.model.generation_config, {**self.generation_kwargs, **request.generation_kwargs})
+
+    def _refill_decoder(self, queue: list[GenerationRequest], batch_size: int | None = None) -> RefillDecoder:
+        eos = self.model.generation_config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        return RefillDecoder(self.model, self.tokenizer, queue, lambda: self.collator.current(batch_size),
+                             self.pad_token_id, eos, self._stop_hit, self._finish_text)
+
+    def _stop_hit(self, tokens: list[int], stop_strings: Sequence[str]) -> bool:
+        stops = [s for s in stop_strings if s]
+        return bool(stops) and stop_in_tail(self.tokenizer, [tokens], stops)[0]
+
+    def _finish_text(self, tokens: list[int], stop_strings: Sequence[str]) -> str:
+        return cut_at_stop_strings(self.tokenizer.decode(tokens, skip_special_tokens=True), stop_strings)
 
     def _generate_batch(self, batch: list[GenerationRequest]) -> list[str]:
+        """A batch of one call's requests: through the call's ``RefillDecoder`` where greedy (the
+        rows it leaves in flight carry over to the next batch), else one ``generate``."""
+        if self._refillable(batch[0]):
+            decoder = self._decoder if self._decoder is not None and self._decoder.serves(batch) else \
+                self._refill_decoder(batch)
+            try:
+                return decoder.run(batch)
+            except NotRefillable:  # sliding-window or linear-attention caches: decided once per model
+                self._cache_refillable = False
+                self._decoder = None
+        return self._generate_hf(batch)
+
+    def _generate_hf(self, batch: list[GenerationRequest]) -> list[str]:
         first = batch[0]  # the collator batches only requests with the same settings
         kwargs = {"do_sample": False, **self.generation_kwargs, **first.generation_kwargs}
         if first.min_out_len:
@@ -461,12 +508,19 @@ class StopOnStrings(StoppingCriteria):
         self.tokenizer = tokenizer
         self.stop_strings = [s for s in stop_strings if s]
         self.prompt_length = prompt_length
-        self.window = max(len(s) for s in self.stop_strings) + 8  # tokens: enough to hold any stop string
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        tails = self.tokenizer.batch_decode(input_ids[:, max(self.prompt_length, input_ids.shape[1] - self.window) :])
-        done = [any(stop in tail for stop in self.stop_strings) for tail in tails]
+        done = stop_in_tail(self.tokenizer, input_ids[:, self.prompt_length :], self.stop_strings)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def stop_in_tail(tokenizer, generated, stop_strings: Sequence[str]) -> list[bool]:
+    """Whether each sequence's generated tokens end in text holding a stop string: the last
+    ``longest stop + 8`` tokens are decoded (enough to hold any stop string)."""
+    window = max(len(s) for s in stop_strings) + 8
+    tails = tokenizer.batch_decode([g[-window:].tolist() if torch.is_tensor(g) else list(g[-window:])
+                                    for g in generated])
+    return [any(stop in tail for stop in stop_strings) for tail in tails]
 
 
 def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
