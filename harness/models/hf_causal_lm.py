@@ -110,6 +110,8 @@ class HFCausalLM:
         self.refill_rows = bool(refill_rows)
         self._cache_refillable: bool | None = None  # False once the model's cache proved not refillable
         self._decoder: RefillDecoder | None = None
+        if model is None:  # named before the tokenizer, which defaults to the same folder
+            self._check_path(self.path, "--model_path (the model config's path)")
         self.tokenizer = tokenizer if tokenizer is not None else self._load_tokenizer(
             tokenizer_path or self.path, tokenizer_kwargs or {}
         )
@@ -166,7 +168,6 @@ class HFCausalLM:
 
         from harness.compress.materialize import is_compressed_checkpoint, load_compressed
 
-        self._check_path(self.path, "--model_path")
         if is_compressed_checkpoint(self.path):  # written by tools/materialize.py with its plan
             dtype = dtype if dtype != "auto" else None
             if device_map is None or isinstance(device_map, str) and device_map not in SPREADING_DEVICE_MAPS:

@@ -1,0 +1,17 @@
+"""A missing model folder is named as the model path, not as the tokenizer path it defaults to."""
+import pytest
+
+from harness.errors import HarnessError
+from harness.models.hf_causal_lm import HFCausalLM
+
+
+def test_a_missing_model_folder_is_named_as_model_path(tmp_path):
+    with pytest.raises(HarnessError, match="--model_path") as error:
+        HFCausalLM(str(tmp_path / "no_such_model"))
+    assert "tokenizer_path" not in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_missing_tokenizer_folder_is_named_as_tokenizer_path(tmp_path, tiny_mixtral_path):
+    with pytest.raises(HarnessError, match="tokenizer_path") as error:
+        HFCausalLM(str(tiny_mixtral_path), tokenizer_path=str(tmp_path / "no_such_tokenizer"))
+    assert "\n" not in str(error.value)
