@@ -95,3 +95,17 @@ def test_compress_budget_below_one_is_refused_by_the_argument_parser(tmp_path, t
         run_compress(tmp_path, tiny_mixtral_path, "bad", "--method", "hc_smoe", "--budget", "0")
     assert info.value.code == 2 and "argument --budget: must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_method_cfg_of_an_alias_is_accepted_and_another_method_refused():
+    """``type='m_smoe'`` settings serve ``--method msmoe`` (one registered class); a file for another
+    method is still refused with the file named."""
+    import pytest as _pytest
+
+    from harness.errors import HarnessError
+    from harness.tasks.compress import method_settings
+
+    settings = method_settings("msmoe", "method_cfgs/m_smoe_align.py")
+    assert settings["align"] is True
+    with _pytest.raises(HarnessError, match="hc_smoe.py is for method 'hc_smoe', not --method msmoe"):
+        method_settings("msmoe", "method_cfgs/hc_smoe.py")

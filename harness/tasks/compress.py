@@ -28,6 +28,7 @@ from pathlib import Path
 from harness.cli import main_guard
 from harness.config import load_config
 from harness.errors import HarnessError
+from harness.registry import METHODS, get
 from harness.methods.base import method
 from harness.methods.calibration import DEFAULT_CACHE_TOKENS
 from harness.methods.calibration_data import corpus_samples
@@ -60,6 +61,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def _same_method(kind: str, name: str) -> bool:
+    """Whether two names are aliases of one registered method (``m_smoe`` and ``msmoe``)."""
+    return get(METHODS, kind) is get(METHODS, name)
+
+
 def method_settings(name: str, path: str | None) -> dict:
     """The method's settings: ``method = dict(type=NAME, ...)`` from --method_cfg or method_cfgs/NAME.py."""
     file = Path(path) if path else METHOD_CFGS / f"{name}.py"
@@ -70,7 +76,7 @@ def method_settings(name: str, path: str | None) -> dict:
     cfg = load_config(str(file))
     settings = dict(cfg.get("method", None) or {})
     kind = settings.pop("type", name)
-    if kind != name:
+    if kind != name and not _same_method(kind, name):
         raise HarnessError(f"--method_cfg {file} is for method {kind!r}, not --method {name}; pass the matching file")
     return settings
 
