@@ -81,10 +81,27 @@ def check_args(args):
         value = getattr(args, name)
         if value and not Path(value).is_file():
             raise HarnessError(f"--{name} {value} not found; pass an existing file")
+    check_widths(args.model_path, sparsity, kinds)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HarnessError(f"--out {out} already exists and is not empty; choose a new folder")
     return sparsity, kinds
+
+
+def check_widths(model_path, sparsity, kinds) -> None:
+    """An N:M pattern must divide the routed experts' input widths (hidden size, expert width),
+    read from config.json before the model loads; every target is checked again once loaded."""
+    if not sparsity.is_nm or "routed" not in kinds:
+        return
+    import json
+
+    from harness.compress.adapters import ResolvedMoE
+
+    config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    facts = ResolvedMoE.from_config(config)
+    sparsity.check_width(facts.hidden_size, "the hidden size (gate_up_proj's input)")
+    if facts.intermediate_size is not None:
+        sparsity.check_width(facts.intermediate_size, "the expert width (down_proj's input)")
 
 
 def calibration(args, lm):
