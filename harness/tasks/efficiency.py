@@ -12,6 +12,8 @@ decode_tokens_per_s_bs<B>, and the ratios to the uncompressed model measured in 
 memory_ratio (model bytes), expert_memory_ratio, active_params_ratio, flops_ratio,
 prefill_speedup_ctx<C>, decode_speedup_bs<B>, and speedup (decode speed-up at the first batch
 size). ``details`` holds both models' full measurements, the FLOPs by part and the settings.
+A checkpoint written by ``tools/slim.py`` adds ``slimming``: its record's method and settings and the
+sparsity measured on the loaded weights, per layer (``harness/slimming/record.py``).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from harness.errors import HarnessError
 from harness.io import atomic_write_json, results_path
 from harness.registry import MODELS, build
 from harness.run import check_files, check_work_dir, make_parser, positive_int
+from harness.slimming.record import efficiency_entry
 
 log = logging.getLogger("harness.efficiency")
 
@@ -129,6 +132,9 @@ def main(argv=None) -> int:
     result = summary(measured, reference, args)
     result["details"] = {"model": measured, "reference": reference, "plan": args.coeff_path, "device": str(lm.device),
                          "dtype": str(next(model.parameters()).dtype), "settings": settings}
+    slimming = efficiency_entry(model, lm.path)
+    if slimming is not None:
+        result["slimming"] = slimming
     path = results_path(work_dir, lm.abbr, "efficiency")
     atomic_write_json(path, result)
     print(f"{lm.abbr}: wrote {path}")
