@@ -304,6 +304,15 @@ def test_slimmed_checkpoint_loads_and_scores_through_infer(tmp_path, tiny_folder
     assert zero_fraction(lm.model.model.layers[0].mlp.experts.down_proj) == 0.5
     entry = efficiency_entry(lm.model, out)
     assert entry["measured_sparsity"] == 0.5 and entry["measured_sparsity_per_layer"]["1"]["routed"] == 0.5
+    # the efficiency results show the measured sparsity of the slimmed checkpoint
+    from harness.tasks import efficiency
+
+    assert efficiency.main(["--model_path", str(out), "--work_dir", str(tmp_path / "eff"), "--context_lengths", "8",
+                            "--batch_sizes", "1", "--decode_context", "4", "--decode_tokens", "2", "--repeats", "1",
+                            "--warmup", "0"]) == 0
+    result = json.loads(next((tmp_path / "eff/results").glob("*/efficiency.json")).read_text())
+    assert result["slimming"]["pattern"] == "2:4" and result["slimming"]["measured_sparsity"] == 0.5
+    assert result["slimming"]["nonzero_target_weights"] == result["slimming"]["target_weights"] // 2
 
 
 def test_trimming_then_slimming_writes_the_smaller_model(tmp_path, tiny_folder):
