@@ -1,0 +1,75 @@
+"""tools/quantize.py: arguments and the missing backend are one-line errors before anything loads;
+with llmcompressor installed (a GPU environment, docs/SLIMMING.md), a tiny model is quantised and
+scored through infer.py."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.tiny import build_tiny_model, build_tiny_tokenizer
+
+HAVE_LLMCOMPRESSOR = importlib.util.find_spec("llmcompressor") is not None
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("quant_tiny")
+    build_tiny_tokenizer(path)
+    build_tiny_model(path, "mixtral")
+    (path / "calib.jsonl").write_text("".join(json.dumps({"text": "The quick brown fox jumps."}) + "\n" for _ in range(8)))
+    return path
+
+
+def quantize(*argv):
+    import tools.quantize
+
+    return tools.quantize.main([str(a) for a in argv])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--scheme", "int3"], "not one of gptq, awq"),
+    (["--scheme", "awq", "--bits", "8"], "--bits 8 is not supported with --scheme awq"),
+    (["--scheme", "gptq", "--bits", "3"], "--bits 3 is not supported with --scheme gptq"),
+])
+def test_unsupported_schemes_are_one_line_errors(tmp_path, folder, capsys, args, message):
+    argv = ["--model_path", folder, "--calib_data", folder / "calib.jsonl", "--out", tmp_path / "q", *args]
+    assert quantize(*argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.skipif(HAVE_LLMCOMPRESSOR, reason="llmcompressor is installed: the missing-backend error cannot show")
+def test_missing_backend_names_what_to_install(tmp_path, folder, capsys):
+    argv = ["--model_path", folder, "--scheme", "gptq", "--calib_data", folder / "calib.jsonl", "--out", tmp_path / "q"]
+    assert quantize(*argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs llmcompressor" in err and "pip install llmcompressor" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.skipif(not HAVE_LLMCOMPRESSOR, reason="llmcompressor is not installed here (it pins transformers<=5.17); "
+                    "run in the GPU environment of docs/SLIMMING.md")
+@pytest.mark.parametrize("scheme", ["gptq", "awq"])
+def test_quantised_tiny_model_loads_and_scores_through_infer(tmp_path, folder, scheme):
+    from harness.tasks import infer
+
+    out = tmp_path / scheme
+    assert quantize("--model_path", folder, "--scheme", scheme, "--calib_data", folder / "calib.jsonl",
+                    "--calib_seq_len", 16, "--calib_samples", 8, "--out", out) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "label": "A"}) + "\n" for q in ("is it?", "was it?")))
+    cfg = tmp_path / "eval.py"
+    cfg.write_text(f"""
+models = [dict(type='HFCausalLM', abbr='quantised', path='unused', max_seq_len=64, batch_size=2)]
+datasets = [dict(abbr='qa', reader_cfg=dict(type='jsonl', path='{data}', input_columns=['question'], output_column='label'),
+    infer_cfg=dict(prompt_template=dict(template='Q: {{question}} A:'),
+                   inferencer=dict(type='PPLInferencer', continuations={{'A': ' yes', 'B': ' no'}})),
+    eval_cfg=dict(evaluator=dict(type='AccEvaluator')))]
+""")
+    assert infer.main([str(cfg), "--model_path", str(out), "--work_dir", str(tmp_path / "w")]) == 0
+    assert (tmp_path / "w/results/quantised/qa.json").is_file()
