@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.compress import load_plan
-from harness.config import dataset_configs, load_config
+from harness.config import dataset_configs, load_config, model_config
 from harness.methods.base import Method
 from harness.registry import METHODS
 from harness.tasks import compress, condense, efficiency, infer, search
@@ -293,3 +293,22 @@ def test_the_shipped_suites_read_and_list_every_registered_method():
         assert "cd_moe" in names and registered(SEARCHES) <= names, name
         classes = {METHODS.get(n) for n in names if n in registered(METHODS)}  # aliases (msmoe) name one class
         assert {METHODS.get(n) for n in registered(METHODS) if n != "broken_for_compare"} <= classes, name
+
+
+@pytest.mark.parametrize("cfg, shape, budgets", [
+    ("olmoe-1b-7b-0924.py", "OLMoE-1B-7B", (32, 48)),
+    ("qwen1.5-moe-a2.7b.py", "Qwen1.5-MoE-A2.7B", (30, 45)),
+    ("mixtral-8x7b-v0.1.py", "Mixtral-8x7B", (4, 6)),
+])
+def test_the_gpu_model_configs_and_their_documented_budgets_fit(cfg, shape, budgets):
+    """The budgets docs/COMPARISON.md gives a GPU user pass the suite's check on the model's real config."""
+    from bench.common import REAL_SHAPES
+    from harness.compare.setup import budget_range
+    from harness.compress.adapters import ResolvedMoE
+
+    model = model_config(load_config(str(REPO / "model_cfgs" / cfg)), None)
+    assert model["type"] == "HFCausalLM" and model["device_map"] == "auto"
+    moe = ResolvedMoE.from_config(dict(REAL_SHAPES[shape]))
+    budget_range(moe.num_experts, moe.top_k, list(budgets), shape)
+    with pytest.raises(Exception, match="pass budgets from"):
+        budget_range(moe.num_experts, moe.top_k, [moe.num_experts], shape)
