@@ -294,14 +294,15 @@ class HFCausalLM:
         out = self.model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
                          use_cache=False, logits_to_keep=batch.keep)
         logits = out.logits.reshape(-1, out.logits.shape[-1]).float()  # (kept positions, vocab)
-        log_norm, best = torch.logsumexp(logits, dim=-1), logits.argmax(-1)
         requests = [request for row in rows for unit in row for request in unit.requests]
         # (kept row, target) of every score that is read; -1 rows are never read and stay placeholders
         pairs = [(row, target) for reads, request in zip(batch.reads, requests)
                  for row, target in zip(reads, request.tokens[1:]) if row >= 0]
         rows_t = torch.tensor([row for row, _ in pairs], dtype=torch.long, device=logits.device)
         targets = torch.tensor([target for _, target in pairs], dtype=torch.long, device=logits.device)
-        lp = (logits[rows_t, targets] - log_norm[rows_t]).tolist()
+        chosen = logits[rows_t, targets]
+        log_norm, best = _log_norm_and_argmax(logits)
+        lp = (chosen - log_norm[rows_t]).tolist()
         gr = (best[rows_t] == targets).tolist()
         logprobs, greedy, k = [], [], 0
         for reads in batch.reads:
@@ -529,6 +530,13 @@ def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.
     logits = logits.float()
     chosen = logits.gather(-1, targets[..., None]).squeeze(-1)
     return chosen - torch.logsumexp(logits, dim=-1), logits.argmax(-1) == targets
+
+
+def _log_norm_and_argmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logsumexp and argmax over the last dim from one max pass, computed in place (``logits`` is
+    overwritten): on CPU half the time of ``logsumexp`` plus ``argmax``, the same values."""
+    top, best = logits.max(-1)
+    return logits.sub_(top[:, None]).exp_().sum(-1).log_().add_(top), best
 
 
 def slow_experts_warning(config, device_type: str) -> str | None:
