@@ -27,6 +27,7 @@ import torch
 
 from harness.registry import SEARCHES
 from harness.search.base import Search
+from harness.search.progress import SearchProgress
 from harness.search.space import Candidate, PlanSpace
 
 
@@ -178,11 +179,13 @@ def run_evolution(
     fitness,
     poll_seconds: float = 2.0,
     on_result=None,
+    progress: SearchProgress | None = None,
 ) -> dict[int, dict]:
     """Evaluate slots until ``cfg.total_evals`` are finished; returns every finished record.
 
     ``fitness(candidate) -> (value, metrics)``. Records are persisted by ``ledger`` as soon as a
-    candidate is scored; several processes may run this loop on one ledger at once.
+    candidate is scored; several processes may run this loop on one ledger at once. ``progress``
+    reports each finished evaluation (``harness/search/progress.py``).
     """
     import time
 
@@ -207,6 +210,8 @@ def run_evolution(
             raise
         ledger.record(slot, {"phase": phase_of(slot, cfg), "fitness": value, "metrics": metrics,
                              "candidate": candidate.to_dict()})
+        if progress is not None:
+            progress.update(slot, value, done)
         if on_result is not None:
             on_result(slot, value)
 
@@ -230,7 +235,9 @@ class EEPSearch(Search):
         return self.cfg.to_dict()
 
     def run(self, space, ledger, fitness, on_result=None) -> dict[int, dict]:
-        return run_evolution(space, self.cfg, ledger, fitness, on_result=on_result)
+        progress = SearchProgress(self.cfg.total_evals, ledger.finished(), str(ledger.root),
+                                  phase=lambda slot: phase_of(slot, self.cfg))
+        return run_evolution(space, self.cfg, ledger, fitness, on_result=on_result, progress=progress)
 
     def finalists(self, records: dict[int, dict]) -> dict[str, list[int]]:
         top = max(1, self.cfg.rescore_top)

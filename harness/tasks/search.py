@@ -104,6 +104,13 @@ def plot_fitness(records: dict[int, dict], boundary: int | None, path: Path) -> 
     plt.close(fig)
 
 
+def announce_rescoring(name: str, ranked: list[int], dev_abbr: str, dev_ledger: Ledger) -> None:
+    """Say that the finalists are re-scored on the dev data (one inference pass each, none for cached ones)."""
+    cached = sum(slot in dev_ledger.finished() for slot in ranked)
+    print(f"{name}: re-scoring its {len(ranked)} best candidates by train fitness on {dev_abbr} "
+          f"({cached} cached in {dev_ledger.root}) to choose the plan", flush=True)
+
+
 @main_guard
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -141,7 +148,12 @@ def main(argv=None) -> int:
 
     dev_ledger = Ledger(run.work_dir / "search" / "dev") if dev_task is not None else None
     for name, ranked in chosen_search.finalists(records).items():
+        if dev_task is not None:
+            announce_rescoring(name, ranked, dev_task.abbr, dev_ledger)
         slot = runner.choose(records, ranked, space, dev_task, dev_ledger)
+        if dev_task is not None:
+            print(f"{name}: evaluation {slot} chosen, {dev_task.abbr} {dev_ledger.finished()[slot]['fitness']:.2f}; "
+                  f"evaluating it on {eval_task.abbr}")
         plan = space.to_plan(Candidate.from_dict(records[slot]["candidate"]), metadata={
             "method": f"{args.search}_search", "phase": name, "slot": slot,
             "train_fitness": records[slot]["fitness"], "budget": args.budget, "groups": str(args.groups),
