@@ -19,11 +19,9 @@ environment in which it runs. Every other argument is checked first, also withou
 from __future__ import annotations
 
 import importlib.util
-import os
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -115,18 +113,15 @@ def run(argv=None) -> int:
     args.calib_seq_len = min(args.calib_seq_len, lm.max_seq_len)
     data = calibration(args, lm)
     dataset = Dataset.from_dict({"input_ids": data.samples, "attention_mask": [[1] * len(s) for s in data.samples]})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        folder = tmp / "checkpoint"
+    from harness.compress.materialize import _atomic_dir
+
+    def write(folder: Path) -> None:
         model = oneshot(model=lm.model, dataset=dataset, recipe=recipe(args.scheme, preset, args.targets),
                         max_seq_length=args.calib_seq_len, num_calibration_samples=len(data.samples))
         model.save_pretrained(folder, save_compressed=True)
         lm.tokenizer.save_pretrained(folder)
-        for name in ("slimming.json",):  # a slimmed model's record stays with it
-            if (Path(args.model_path) / name).is_file():
-                shutil.copy2(Path(args.model_path) / name, folder / name)
+        if (Path(args.model_path) / "slimming.json").is_file():  # a slimmed model's record stays with it
+            shutil.copy2(Path(args.model_path) / "slimming.json", folder / "slimming.json")
         atomic_write_json(folder / RECORD_FILE, {
             "scheme": args.scheme, "preset": preset, "bits": args.bits, "group_size": 128,
             "targets": args.targets, "ignore": ROUTER_IGNORE, "base_model": args.model_path,
@@ -135,9 +130,9 @@ def run(argv=None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "command": " ".join(shlex.quote(a) for a in ["python", "tools/quantize.py", *(argv or sys.argv[1:])]),
         })
-        os.replace(folder, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    out = Path(args.out)
+    _atomic_dir(out, write)
     print(f"wrote {args.scheme} {preset} checkpoint to {out}")
     return 0
 

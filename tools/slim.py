@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -130,24 +127,18 @@ def calibration(args, lm):
 def save(lm, plan, out: Path, record: dict) -> None:
     """The checkpoint and its record in a temporary folder beside ``out``, renamed into place."""
     from harness.compress import materialize
+    from harness.compress.materialize import _atomic_dir
     from harness.slimming.record import RECORD_FILE
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        folder = tmp / "checkpoint"
+    def write(folder: Path) -> None:
         if plan is None:
             lm.model.save_pretrained(folder)
             lm.tokenizer.save_pretrained(folder)
-        else:
-            result = materialize(lm.model, plan, folder, tokenizer=lm.tokenizer)
-            record["checkpoint_kind"] = result.kind
+        else:  # trimmed as tools/materialize.py writes the plan (the folder is empty: materialize takes it)
+            record["checkpoint_kind"] = materialize(lm.model, plan, folder, tokenizer=lm.tokenizer).kind
         atomic_write_json(folder / RECORD_FILE, record)
-        if out.exists():
-            out.rmdir()
-        os.replace(folder, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    _atomic_dir(out, write)
 
 
 def run(argv=None) -> int:
