@@ -17,7 +17,6 @@ and the sparsity measured per layer. ``harness/tasks/infer.py CONFIG --model_pat
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import shlex
 import sys

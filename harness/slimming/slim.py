@@ -12,7 +12,6 @@ import logging
 
 import torch
 
-from harness.compress.adapters import resolve
 from harness.errors import HarnessError
 from harness.slimming.masks import Sparsity
 from harness.slimming.sparsegpt import BLOCKSIZE, DAMP, sparsegpt_prune
