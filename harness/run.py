@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,16 @@ log = logging.getLogger("harness.run")
 
 class _Parser(argparse.ArgumentParser):
     """argparse with a hint for OpenCompass's spelling of options (``--work-dir``)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        # before argparse's own checks: a required --work_dir given as --work-dir is missing to them
+        for token in (sys.argv[1:] if args is None else args):
+            name = str(token).split("=", 1)[0]
+            if name.startswith("--") and "-" in name[2:] and name not in self._option_string_actions:
+                spelled = "--" + name[2:].replace("-", "_")
+                if spelled in self._option_string_actions:
+                    self.error(f"unrecognized argument {name} (options are spelled with underscores: {spelled})")
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
         if message.startswith("unrecognized arguments"):
@@ -110,6 +121,34 @@ def check_files(**files: str | None) -> None:
             raise HarnessError(f"--{argument} {path} not found; pass an existing file")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def check_model_folder(model_cfg: dict, where: str) -> None:
+    """A local model folder must hold a transformers config.json and its tokenizer folder tokenizer
+    files: said in one line before anything loads (``where`` names the argument or config key).
+    A folder that does not exist, or a hub id, is left to the loader, which names it the same way."""
+    if model_cfg.get("type", "HFCausalLM") != "HFCausalLM":
+        return
+    from harness.models.hf_causal_lm import _looks_local
+
+    path = str(model_cfg.get("path") or "")
+    folder = Path(path).expanduser()
+    if _looks_local(path) and folder.exists():
+        if not folder.is_dir():
+            raise HarnessError(f"{where} {path} is a file; pass the model's folder (config.json, weights, tokenizer)")
+        if not (folder / "config.json").is_file():
+            raise HarnessError(f"{where} {path} has no config.json, so it is not a Hugging Face model folder; "
+                               "pass the folder holding config.json, the weights and the tokenizer files")
+    tokenizer = str(model_cfg.get("tokenizer_path") or path)
+    tok_folder = Path(tokenizer).expanduser()
+    if _looks_local(tokenizer) and tok_folder.is_dir() and not any((tok_folder / f).is_file() for f in TOKENIZER_FILES):
+        named = where if tokenizer == path else f"the model config's tokenizer_path ({where} sets the model)"
+        raise HarnessError(f"{named} {tokenizer} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+                           "pass the folder that holds them")
+
+
 @dataclass
 class Run:
     """A prepared run: everything read and checked, nothing written or loaded yet."""
@@ -135,6 +174,8 @@ class Run:
         source = load_config(args.model_cfg) if getattr(args, "model_cfg", None) else cfg
         model_cfg = model_config(source, getattr(args, "model_path", None), getattr(args, "batch_size", None),
                                  dtype=getattr(args, "dtype", None), model_kwargs=getattr(args, "model_kwargs", None))
+        check_model_folder(model_cfg, "--model_path" if getattr(args, "model_path", None)
+                           else f"models[0].path of {getattr(args, 'model_cfg', None) or args.config}")
         if distributed.device_for_rank():  # torchrun on GPUs: each rank loads onto its own device
             model_cfg["device"] = distributed.device_for_rank()
         tasks = [EvalTask(d, args.data_root, getattr(args, "max_num", None)) for d in dataset_configs(cfg)]

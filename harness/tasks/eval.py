@@ -28,6 +28,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def no_predictions_hint(work_dir: Path) -> str:
+    """What to do with a work dir without predictions/: a random-pruning folder keeps each run's in runs/."""
+    runs = sorted(p for p in (work_dir / "runs").glob("*") if (p / "predictions").is_dir())
+    if runs:
+        return (f"{work_dir} is a random-pruning folder: its {len(runs)} runs' predictions are in {work_dir / 'runs'}/*; "
+                f"re-score each with --work_dir {runs[0]} (and the others), then rerun harness/tasks/random_prune.py "
+                "for the mean and std")
+    return f"no predictions under {work_dir / 'predictions'}; run harness/tasks/infer.py first"
+
+
 @main_guard
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -35,7 +45,7 @@ def main(argv=None) -> int:
     pred_root = Path(args.work_dir) / "predictions"
     models = [args.model_abbr] if args.model_abbr else sorted(p.name for p in pred_root.glob("*") if p.is_dir())
     if not models:
-        raise HarnessError(f"no predictions under {pred_root}; run harness/tasks/infer.py first")
+        raise HarnessError(no_predictions_hint(Path(args.work_dir)))
     for dataset_cfg in dataset_configs(cfg):
         task = None
         for model_abbr in models:
