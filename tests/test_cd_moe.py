@@ -237,3 +237,32 @@ def test_greedy_layer_search_equals_brute_force_and_its_cached_runs_equal_full_f
     wide = cd_moe.search_layers(model, calib, experts, 1, beam=2, known=results)
     singles = sorted((results[(i,)], i) for i in experts)
     assert [b["layers"] for b in wide[0]] == [[singles[0][1]], [singles[1][1]]]
+
+
+@pytest.mark.parametrize("arch", ["deepseek_v2", "deepseek_v3"])
+def test_deepseek_expert_weights_are_the_unscaled_score_of_the_selected_experts(arch):
+    """DeepSeek: the selection is the router's own (group-limited, V3's correction bias); the weight is
+    softmax (V2) / sigmoid (V3) of the logits, before renormalisation and routed_scaling_factor."""
+    model = build_model(arch)
+    batches = cd_moe.make_batches(documents(), 3, 2, "cpu")
+    calib = cd_moe.calibrate(model, batches)
+    for index in moe_layers(model):
+        gate = model.model.layers[index].mlp.gate
+        seen = []
+        hook = gate.register_forward_hook(lambda m, a, o: seen.append((a[0].reshape(-1, a[0].shape[-1]), o[2])))
+        with torch.no_grad():
+            for batch in batches:
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        hook.remove()
+        sums, counts = torch.zeros(8, dtype=torch.float64), torch.zeros(8)
+        for (x, indices), batch in zip(seen, batches):
+            real = batch.attention_mask.reshape(-1).bool()
+            logits = x[real].double() @ gate.weight.detach().double().T
+            scores = torch.sigmoid(logits) if arch == "deepseek_v3" else torch.softmax(logits, -1)
+            for row, chosen in zip(scores, indices[real].tolist()):
+                for e in chosen:
+                    sums[e] += float(row[e])
+                    counts[e] += 1
+        expected = torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros(8))
+        assert torch.allclose(calib.weights[index].double(), expected, atol=1e-5)
+        assert torch.equal(calib.counts[index], counts.long())

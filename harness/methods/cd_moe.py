@@ -41,6 +41,24 @@ from harness.models.hf_causal_lm import right_pad
 EPS = 1e-10
 WEIGHT_RULES = ("gate", "routed")
 
+# Where this implementation departs from the reference code (duterscmy/CD-MoE); each plan's
+# metadata['deviations'] carries this list (see docs/CD_MOE.md).
+DEVIATIONS = (
+    "layers are named by decoder-layer index everywhere (plan, JSON files); the reference's MoE-layer index "
+    "(decoder index - 1 on DeepSeekMoE, hard-coded +2 into hidden_states) is not used, dense layers are never searched",
+    "a layer's calls are told apart by module hooks, not the reference's global call counter",
+    "greedy expert search: each candidate is one decoder layer's output rebuilt on cached inputs "
+    "(layer output - MoE output + condensed output), not a whole-model pass; same objective and values",
+    "greedy layer search: each candidate reruns the decoder layers from itself on, from cached inputs",
+    "documents right-padded with an attention mask (positions start at 0), pad tokens never counted; the reference "
+    "left-pads and trims the pads",
+    "the divergence is computed in at least float32 from the model's hidden states (the reference: bfloat16 model, "
+    "float32 hidden states)",
+    "ties go to the lowest expert / layer index (the reference's strict '<' over ascending candidates)",
+    "the expert orders and the layer search run in one command (the reference's greedy_search_layer.py reads an "
+    "undefined argument); the fine-tuning stage is not part of the search",
+)
+
 
 # ----------------------------------------------------------------------------------------------
 # The objective.

@@ -3,45 +3,54 @@
     python harness/tasks/condense.py CONFIG --model_path P --condense_layers N --condense_experts K
         --work_dir DIR [--calib_data FILE | --calib_cfg CFG [CFG ...]] [--calib_samples 100]
         [--calib_seq_len 256] [--calib_batch_size 8] [--beam 1] [--weight_rule gate|routed]
-        [--data_root DIR] [--batch_size N] [--max_num N]
+        [--skip_efficiency] [--data_root DIR] [--batch_size N] [--max_num N]
 
 Calibration (the paper's recipe): the first ``--calib_samples`` documents of ``--calib_data`` (JSONL
 with a ``text`` field; default the first C4 train shard in ../shared/data/c4), each cut to
-``--calib_seq_len`` tokens, or the prompts of one or more dataset configs (``--calib_cfg``, shared
+``--calib_seq_len`` tokens (default 256, at most the model's max_seq_len), or the prompts of one or more dataset configs (``--calib_cfg``, shared
 between them in turn). Every MoE layer gets its greedy expert order (up to K), then N layers are
 chosen greedily (beam ``--beam``), each condensed to its first K experts with their mean gate
 weights; K=0 keeps only the shared experts. See docs/CD_MOE.md.
 
 Writes DIR/cd_moe/expert_weights.json, DIR/cd_moe/expert_orders.json (per MoE layer the ordered
 experts and each step's divergence), DIR/cd_moe/layer_order.e<K>.beam<B>.json (every evaluated layer
-sequence, the kept beams per step, the order), DIR/plan.safetensors, DIR/cd_moe/summary.json (memory
-and speed of the condensed model against the full one) and the evaluation of CONFIG with the plan
-(DIR/predictions, DIR/results, as infer.py). Every result is saved as soon as it is found: rerun a
+sequence, the kept beams per step, the order), DIR/plan.safetensors, DIR/results/<model>/efficiency.json
+(memory and speed of the condensed model against the full one, measured in the same process by
+``harness/tasks/efficiency.py``'s functions, so ``tools/summarize.py`` shows it beside the accuracies),
+DIR/cd_moe/summary.json (the choices, the divergence and those numbers) and the evaluation of CONFIG
+with the plan (DIR/predictions, DIR/results, as infer.py). Every result is saved as soon as it is found: rerun a
 killed command and it continues where it stopped, with the same result.
 """
 from __future__ import annotations
 
+import copy
+import gc
 import hashlib
 import json
 import logging
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from harness import distributed
 from harness.cli import main_guard
 from harness.compress.adapters import resolve
-from harness.compress.materialize import parameter_stats
+from harness.compress.condensed import CondensedExperts
+from harness.efficiency.memory import storage_bytes
 from harness.errors import HarnessError
-from harness.io import atomic_write_json
+from harness.io import atomic_write_json, results_path
 from harness.methods import cd_moe
 from harness.methods.calibration import task_texts
 from harness.run import Run, add_run_arguments, int_at_least, make_parser, positive_int
 from harness.runner import PlanRunner
+from harness.tasks import efficiency
 
 log = logging.getLogger("harness.condense")
-DEFAULT_CALIB = "../shared/data/c4/c4-train.00000-of-01024.first1041.jsonl"
+# The paper's calibration: the first 100 documents of C4 train shard 00000 (../shared beside the repository).
+DEFAULT_CALIB = str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "c4" /
+                    "c4-train.00000-of-01024.first1041.jsonl")
+DEFAULT_SEQ_LEN = 256
 
 
 non_negative_int = int_at_least(0)
@@ -57,12 +66,15 @@ def parse_args(argv=None):
     source.add_argument("--calib_data", help=f"JSONL file with a `text` field (default {DEFAULT_CALIB})")
     source.add_argument("--calib_cfg", nargs="+", help="dataset config(s) whose prompts calibrate instead")
     parser.add_argument("--calib_samples", type=positive_int, default=100, help="calibration documents (default 100)")
-    parser.add_argument("--calib_seq_len", type=positive_int, default=256, help="tokens per document (default 256)")
+    parser.add_argument("--calib_seq_len", type=positive_int,
+                        help=f"tokens per document (default {DEFAULT_SEQ_LEN}, at most the model's max_seq_len)")
     parser.add_argument("--calib_batch_size", type=positive_int, default=8, help="documents per forward (default 8)")
     parser.add_argument("--beam", type=positive_int, default=1, help="beam width of the layer search (default 1)")
     parser.add_argument("--weight_rule", choices=cd_moe.WEIGHT_RULES, default="gate",
                         help="gate: mean score over all E given selection, not renormalised (the paper's); "
                              "routed: the weight the model applies (renormalised / scaled)")
+    parser.add_argument("--skip_efficiency", action="store_true",
+                        help="do not measure the condensed model's memory and speed (efficiency.json)")
     return parser.parse_args(argv)
 
 
@@ -92,6 +104,16 @@ def corpus_texts(path: str, limit: int) -> list[str]:
     return texts
 
 
+def calibration_length(lm, args) -> int:
+    """Tokens per calibration document: ``--calib_seq_len`` (default 256), never past the model's positions."""
+    requested = getattr(args, "calib_seq_len", None)
+    if requested is None:
+        return min(DEFAULT_SEQ_LEN, lm.max_seq_len)
+    if requested > lm.max_seq_len:
+        raise HarnessError(f"--calib_seq_len {requested} exceeds the model's max_seq_len {lm.max_seq_len}; pass a smaller one")
+    return requested
+
+
 def calibration_documents(run: Run, lm, args) -> tuple[list[list[int]], str]:
     """Token lists of the calibration documents and a description of their source."""
     if args.calib_cfg:
@@ -102,7 +124,8 @@ def calibration_documents(run: Run, lm, args) -> tuple[list[list[int]], str]:
     else:
         source, what = args.calib_data or DEFAULT_CALIB, "--calib_data"
         texts = corpus_texts(source, args.calib_samples)
-    documents = [tokens for tokens in (lm.encode(t)[: args.calib_seq_len] for t in texts) if tokens]
+    length = calibration_length(lm, args)
+    documents = [tokens for tokens in (lm.encode(t)[:length] for t in texts) if tokens]
     if not documents:
         raise HarnessError(f"{what} {source}: no text to calibrate on (need at least one non-empty sample)")
     if len(documents) < args.calib_samples:
@@ -199,32 +222,36 @@ def layer_order(model, progress: Progress, calib: cd_moe.Calibration, experts: d
 # The condensed model's footprint and speed.
 
 
-def forward_seconds(model, batches: list[cd_moe.Batch], repeats: int = 3) -> float:
-    """Best of ``repeats`` timings of one forward over every calibration batch."""
-    best = float("inf")
-    with torch.no_grad():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for batch in batches:
-                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-    return best
+def efficiency_settings(lm, config, seq_len: int, batch_size: int) -> SimpleNamespace:
+    """``harness/tasks/efficiency.py``'s settings at the calibration length: prefill at ``seq_len``,
+    decode at batch 1 and the calibration batch size, all within the model's positions."""
+    limit = min(lm.max_seq_len, getattr(config, "max_position_embeddings", None) or lm.max_seq_len)
+    decode_context = max(1, min(128, limit // 2))
+    decode_tokens = max(1, min(32, limit - decode_context))
+    return SimpleNamespace(context_lengths=[min(seq_len, limit)], batch_sizes=sorted({1, batch_size}),
+                           decode_context=decode_context, decode_tokens=decode_tokens, repeats=3, warmup=1)
 
 
-def footprint(runner: PlanRunner, plan, batches: list[cd_moe.Batch]) -> dict:
+def condensed_expert_bytes(model) -> int:
+    """Bytes of the experts the condensed layers hold (efficiency.json's expert_bytes counts routed experts only)."""
+    return storage_bytes([p for m in model.modules() if isinstance(m, CondensedExperts) for p in m.parameters()])
+
+
+def measure_efficiency(runner: PlanRunner, plan, plan_path: Path, config, settings: SimpleNamespace) -> dict:
+    """efficiency.json's numbers (``harness/tasks/efficiency.py``): the full model, then with the plan."""
     model = runner.lm.model
-    tokens = sum(int(b.attention_mask.sum()) for b in batches)
+    efficiency.check_lengths(settings, config)
     runner.evaluator.use(None)
-    full, full_s = parameter_stats(model), forward_seconds(model, batches)
+    reference = efficiency.measure(model, settings, config, None, None)
     runner.evaluator.use(plan)
-    condensed, condensed_s = parameter_stats(model), forward_seconds(model, batches)
-    return {"parameters": {"full": full.count, "condensed": condensed.count},
-            "parameter_bytes": {"full": full.bytes, "condensed": condensed.bytes,
-                                "ratio": round(condensed.bytes / full.bytes, 4)},
-            "forward_tokens_per_second": {"full": round(tokens / full_s, 1), "condensed": round(tokens / condensed_s, 1),
-                                          "speedup": round(full_s / condensed_s, 3)}}
+    gc.collect()
+    measured = efficiency.measure(model, settings, config, plan, None)
+    result = efficiency.summary(measured, reference, settings)
+    result["condensed_expert_bytes"] = condensed_expert_bytes(model)
+    result["details"] = {"model": measured, "reference": reference, "plan": str(plan_path),
+                         "device": str(runner.lm.device), "dtype": str(next(model.parameters()).dtype),
+                         "settings": vars(settings)}
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,6 +276,7 @@ def main(argv=None) -> int:
     runner = PlanRunner(run, run.load_model())
     model, k, n = runner.lm.model, args.condense_experts, args.condense_layers
     check_model(model, n, k)
+    config = copy.deepcopy(model.config)  # before a plan rewrites it, for the analytic FLOPs
     documents, source = calibration_documents(run, runner.lm, args)
     run.start()
     progress = Progress(run.work_dir, settings_fingerprint(runner.lm, documents, args), k, args.beam)
@@ -261,16 +289,26 @@ def main(argv=None) -> int:
     chosen = steps[-1][0]["layers"]
     plan = cd_moe.condensed_plan(model, {i: experts[i] for i in chosen}, calib.weights, method="cd_moe",
                                  condense_layers=n, condense_experts=k, beam=args.beam, weight_rule=args.weight_rule,
-                                 layer_order=chosen, calibration=f"{source} ({len(documents)} documents)",
-                                 calibration_fingerprint=progress.fingerprint)
-    del calib  # the layer caches; the evaluation needs the memory
+                                 layer_order=chosen, calibration=f"{source} ({len(documents)} documents, "
+                                 f"{calibration_length(runner.lm, args)} tokens at most)",
+                                 calibration_fingerprint=progress.fingerprint, deviations=list(cd_moe.DEVIATIONS))
+    del calib, batches  # the layer caches; the evaluation needs the memory
+    gc.collect()
     plan_path = runner.save(plan, run.work_dir / "plan.safetensors")
     summary = {"layer_order": chosen, "experts": {str(i): experts[i] for i in chosen},
-               "divergence": steps[-1][0]["divergence"], **footprint(runner, plan, batches)}
+               "weights": {str(i): [float(w) for w in plan.layers[i].condensed_weights] if experts[i] else [] for i in chosen},
+               "divergence": steps[-1][0]["divergence"]}
+    if not args.skip_efficiency:
+        settings = efficiency_settings(runner.lm, config, calibration_length(runner.lm, args), args.calib_batch_size)
+        result = measure_efficiency(runner, plan, plan_path, config, settings)
+        if distributed.is_main():
+            atomic_write_json(results_path(run.work_dir, runner.lm.abbr, "efficiency"), result)
+        summary["efficiency"] = {key: value for key, value in result.items() if key != "details"}
+        prefill = result[f"prefill_speedup_ctx{settings.context_lengths[0]}"]
+        run.print(f"condensed layers {chosen} (K={k}): {result['memory_ratio']:.1%} of the full model's bytes, "
+                  f"prefill {prefill:.2f}x, decode {result['speedup']:.2f}x the full model's speed")
     if distributed.is_main():
         atomic_write_json(progress.folder / "summary.json", summary)
-    run.print(f"condensed layers {chosen} (K={k}): parameters {summary['parameter_bytes']['ratio']:.1%} of the full "
-              f"model's bytes, forward {summary['forward_tokens_per_second']['speedup']}x the full model's speed")
     for abbr, metrics in runner.evaluate(plan, run.work_dir).items():
         runner.report(f"{runner.lm.abbr}/{abbr} cd_moe N={n} K={k}", metrics)
     run.print(f"plan: {plan_path}")
