@@ -42,7 +42,7 @@ def prune_target(target, method: str, sparsity: Sparsity, stats, blocksize: int,
         mask = wanda_mask(weight, stats.column_sq[target.name], sparsity)
         target.set(weight.masked_fill(mask, 0))
     else:
-        target.set(sparsegpt_prune(weight, stats.gram[target.name].cpu(), sparsity, blocksize, damp))
+        target.set(sparsegpt_prune(weight, stats.gram[target.name], sparsity, blocksize, damp))
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ def _inverse_cholesky(hessian: torch.Tensor, damp: float) -> torch.Tensor:
     h = hessian.clone().double()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
-    h += torch.eye(h.shape[0], dtype=h.dtype) * (damp * torch.diag(h).mean())
+    h += torch.eye(h.shape[0], dtype=h.dtype, device=h.device) * (damp * torch.diag(h).mean())
     h = torch.cholesky_inverse(torch.linalg.cholesky(h))
     return torch.linalg.cholesky(h, upper=True)
 
@@ -38,8 +38,8 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor | None, sparsity
     w = weight.detach().float().clone()
     rows, cols = w.shape
     if hessian is None or not bool((torch.diag(hessian) > 0).any()):
-        hessian = torch.eye(cols, dtype=torch.float64)
-    hinv = _inverse_cholesky(hessian, damp).float()
+        hessian = torch.eye(cols, dtype=torch.float64, device=w.device)
+    hinv = _inverse_cholesky(hessian.to(w.device), damp).float()  # on the weight's device (a GPU when there is one)
     pruned = torch.zeros_like(w, dtype=torch.bool)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)

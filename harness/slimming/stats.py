@@ -112,9 +112,9 @@ def gather(model, samples: list[list[int]], targets: list[Target], with_gram: bo
             handle.remove()
     for t in targets:  # a target that saw no token (an unused expert) still gets its entry
         if t.name not in stats.tokens:
-            width = t.weight().shape[1]
+            width, where = t.weight().shape[1], t.weight().device
             stats.tokens[t.name] = 0
-            stats.column_sq[t.name] = torch.zeros(width, dtype=torch.float64)
+            stats.column_sq[t.name] = torch.zeros(width, dtype=torch.float64, device=where)
             if with_gram:
-                stats.gram[t.name] = torch.zeros(width, width, dtype=torch.float64)
+                stats.gram[t.name] = torch.zeros(width, width, dtype=torch.float64, device=where)
     return stats
