@@ -18,6 +18,9 @@ Perplexity results (``PerplexityEvaluator``: loss, token/word/byte perplexity, b
 is better) and ``efficiency.json`` (``harness/tasks/efficiency.py``: parameters, bytes, FLOPs,
 tokens/s and the ratios to the full model) get rows like any other result but stay out of the
 average, which is a mean of accuracy-like percentages.
+
+Below the table (md and txt; csv stays a plain table) a legend says what each metric shown means:
+its unit and whether higher or lower is better (``METRIC_MEANINGS``).
 """
 from __future__ import annotations
 
@@ -39,6 +42,64 @@ PRIMARY = "primary_metric"  # a results file may name its averaged metric under 
 EFFICIENCY = "efficiency"  # results/<model>/efficiency.json of harness/tasks/efficiency.py
 # lower-is-better corpus metrics (harness/openicl/evaluators/perplexity.py): never averaged with accuracies
 PERPLEXITY_METRICS = ("loss", "token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
+
+
+PERCENT = "% (0-100), higher is better"
+# what each metric a harness evaluator or efficiency.py writes means; patterns for the per-setting keys
+METRIC_MEANINGS = {
+    "accuracy": f"items whose prediction equals the gold answer (likelihood tasks: the gold choice ranked first), {PERCENT}",
+    "accuracy_norm": f"the gold choice ranked first by log-likelihood per character of the choice (lm-eval's acc_norm), {PERCENT}",
+    "em": f"exact match after answer normalisation, {PERCENT}",
+    "f1": f"token-overlap F1 with the best reference, {PERCENT}",
+    "score": f"items whose answer contains a reference (the EEP protocol's rule), {PERCENT}",
+    "rouge1": f"ROUGE-1 F-measure, {PERCENT}", "rouge2": f"ROUGE-2 F-measure, {PERCENT}",
+    "rougeL": f"ROUGE-L F-measure, {PERCENT}",
+    "perplexity": "exp(-mean log-likelihood per item) of the continuation, lower is better (not a %)",
+    "loss": "mean negative log-likelihood per token in nats, lower is better",
+    "token_perplexity": "exp(loss), lower is better",
+    "word_perplexity": "exp(negative log-likelihood per whitespace-separated word), lower is better",
+    "byte_perplexity": "exp(negative log-likelihood per UTF-8 byte), lower is better",
+    "bits_per_byte": "negative log-likelihood per UTF-8 byte in bits, lower is better",
+    "num_tokens": "tokens scored (a count)", "num_documents": "documents scored (a count)",
+    "params": "parameters held (a count), lower is smaller",
+    "active_params": "parameters used per token (a count), lower is cheaper",
+    "model_bytes": "bytes of all weights, lower is smaller", "expert_bytes": "bytes of the routed experts, lower is smaller",
+    "flops_per_token": "analytic FLOPs per token, lower is cheaper",
+    "memory_ratio": "model bytes / the uncompressed model's, lower is smaller",
+    "expert_memory_ratio": "expert bytes / the uncompressed model's, lower is smaller",
+    "active_params_ratio": "active parameters / the uncompressed model's, lower is cheaper",
+    "flops_ratio": "FLOPs per token / the uncompressed model's, lower is cheaper",
+    "speedup": "decode tokens/s / the uncompressed model's at the first batch size, higher is faster",
+}
+METRIC_PATTERNS = (  # (prefix, meaning) for keys with a setting in their name
+    ("prefill_tokens_per_s_ctx", "prefill tokens per second at context length {}, higher is faster"),
+    ("prefill_speedup_ctx", "prefill tokens/s / the uncompressed model's at context length {}, higher is faster"),
+    ("decode_tokens_per_s_bs", "decode tokens per second at batch size {}, higher is faster"),
+    ("decode_speedup_bs", "decode tokens/s / the uncompressed model's at batch size {}, higher is faster"),
+    ("HasAns_", "on questions with an answer, {}"), ("NoAns_", "on questions without one, {}"),
+)
+
+
+def metric_meaning(metric: str) -> str | None:
+    """What ``metric`` measures, its unit and which direction is better; None when unknown."""
+    if metric in METRIC_MEANINGS:
+        return METRIC_MEANINGS[metric]
+    for prefix, text in METRIC_PATTERNS:
+        if metric.startswith(prefix):
+            rest = metric[len(prefix):]
+            return text.format(METRIC_MEANINGS.get(rest, rest) if prefix.endswith("Ans_") else rest)
+    return None
+
+
+def legend(rows: list[list]) -> str:
+    """One line per metric of the table: what it means (metrics the harness does not know are named as such)."""
+    names = list(dict.fromkeys(row[1] for row in rows if not str(row[0]).startswith("average")))
+    lines = [f"- {name}: {metric_meaning(name) or 'not a harness metric; see the evaluator that wrote it'}" for name in names]
+    if any(str(row[0]).startswith("average") for row in rows):
+        lines.append("- average: mean over datasets of each one's primary metric (named in the row)")
+    if any(" ± " in str(cell) for row in rows for cell in row):
+        lines.append("- a ± b (n runs): mean and sample standard deviation over n seeded runs (random pruning)")
+    return "\nMetrics:\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def averaged(dataset: str, metrics: dict) -> bool:
@@ -174,6 +235,8 @@ def main(argv=None) -> int:
         raise HarnessError(f"no result files under {' '.join(args.work_dirs)}; run harness/tasks/infer.py first")
     header, rows, missing = build_table(runs)
     text = render(header, rows, args.format)
+    if args.format != "csv":
+        text += legend(rows)
     sys.stdout.write(text)
     for item in missing:
         print(f"missing result: {item}", file=sys.stderr)
