@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,15 +194,21 @@ class Run:
         return EvalTask(datasets[0], self.args.data_root, getattr(self.args, "max_num", None))
 
     def start(self) -> None:
-        """Create the work dir with its log and resolved config (rank 0 only)."""
+        """Create the work dir with its log and resolved config (rank 0 only). The log opens with the
+        command and the model (and plan, when one was loaded before the log existed)."""
         if self.is_main:
             setup_work_dir(str(self.work_dir), self.cfg)
+        log.info("command: %s", " ".join(shlex.quote(a) for a in ["python", *sys.argv]))
+        log.info("arguments: %s", json.dumps({k: v for k, v in vars(self.args).items() if v is not None}, default=str))
         log.info("model %s from %s", self.model_cfg["abbr"], self.model_cfg["path"])
+        if self.extra.get("coeff_path"):
+            log.info("compression plan %s applied", self.extra["coeff_path"])
 
     def load_model(self, coeff_path: str | None = None):
         """The model of the run on this rank's device, with the ``--coeff_path`` plan installed."""
         lm = build(MODELS, self.model_cfg)
         apply_compression(lm, coeff_path)
+        self.extra["coeff_path"] = coeff_path
         for task in self.tasks:  # inferencer settings that only the model can check (a rolling stride)
             check = getattr(task.inferencer, "check_model", None)
             if check is not None:
@@ -209,6 +216,7 @@ class Run:
         return lm
 
     def print(self, text: str) -> None:
-        """Console output of the run (rank 0 only, so torchrun prints each line once)."""
+        """Console output of the run, also written to the log (rank 0 only, so torchrun prints each line once)."""
         if self.is_main:
             print(text)
+            log.info(text)
