@@ -46,3 +46,12 @@ def test_one_dataset_md_table_has_a_legend_and_no_average_and_csv_stays_plain(tm
                         "standard deviation over n seeded runs (random pruning)\n")
     assert "Metrics" not in run(capsys, full, rand, "--format", "csv")
     assert "Metrics:\n- accuracy" in run(capsys, full, "--format", "txt")
+
+
+def test_options_are_not_abbreviated(tmp_path, capsys):
+    import pytest
+
+    full = write_results(tmp_path, "full", {"toy_sort": {"accuracy": 100.0}})
+    with pytest.raises(SystemExit):
+        summarize.main([str(full), "--form", "csv"])
+    assert "unrecognized arguments: --form" in capsys.readouterr().err

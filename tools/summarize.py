@@ -224,7 +224,8 @@ def render(header: list[str], rows: list[list], fmt: str) -> str:
 
 @main_guard
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("work_dirs", nargs="+", metavar="DIR")
     parser.add_argument("--format", choices=["md", "csv", "txt"], default="md")
     parser.add_argument("--out", help="also write the table to this file")
