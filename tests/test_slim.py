@@ -79,13 +79,14 @@ def test_pattern_that_does_not_divide_is_refused_before_weights_change():
 
 
 # ------------------------------------------------------------------ Wanda against a direct computation
-def direct_wanda(model, data, sparsity, batch_size=8):
+def direct_wanda(model, data, sparsity, batch_size=8, sequential=True):
     """Wanda done by hand: per MoE layer in order, the tokens the router sends to each expert (its
     top-k indices, padding left out), their ||x_j|| and ||act(x Wg^T) * (x Wu^T)||_j, |W| * norm per
     row; the layer pruned before the next one is measured (the reference's sequential order)."""
     ref = copy.deepcopy(model)
     pad = 0
     order = sorted(range(len(data)), key=lambda i: -len(data[i]))
+    pending = []
     for index, layer in enumerate(ref.model.layers):
         block = layer.mlp
         sums: dict = {}
@@ -108,21 +109,23 @@ def direct_wanda(model, data, sparsity, batch_size=8):
                 for name, rows in (("gate_up_proj", xe), ("down_proj", inner)):
                     sums[(name, e)] = sums.get((name, e), 0) + (rows ** 2).sum(0)
         handle.remove()
-        with torch.no_grad():
-            for (name, e), sq in sums.items():
-                w = getattr(block.experts, name).data[e]
-                score = w.abs().double() * sq.sqrt()
-                k = int(w.shape[1] * sparsity)
-                cut = score.argsort(dim=1)[:, :k]
-                w.scatter_(1, cut, 0.0)
+        pending += [(getattr(block.experts, name).data[e], sq) for (name, e), sq in sums.items()]
+        if sequential or index == len(ref.model.layers) - 1:  # one pass: every layer measured unpruned
+            with torch.no_grad():
+                for w, sq in pending:
+                    score = w.abs().double() * sq.sqrt()
+                    k = int(w.shape[1] * sparsity)
+                    w.scatter_(1, score.argsort(dim=1)[:, :k], 0.0)
+            pending = []
     return ref
 
 
-def test_wanda_mask_equals_direct_computation_over_routed_tokens():
+@pytest.mark.parametrize("sequential", [True, False])
+def test_wanda_mask_equals_direct_computation_over_routed_tokens(sequential):
     model = tiny()
     data = samples()
-    ref = direct_wanda(model, data, 0.5)
-    slim(model, data, "wanda", unstructured(0.5), pad_token_id=0)
+    ref = direct_wanda(model, data, 0.5, sequential=sequential)
+    slim(model, data, "wanda", unstructured(0.5), pad_token_id=0, sequential=sequential)
     for a, b in zip(model.model.layers, ref.model.layers):
         for name in ("gate_up_proj", "down_proj"):
             got, want = getattr(a.mlp.experts, name), getattr(b.mlp.experts, name)
@@ -161,6 +164,28 @@ def test_rarely_routed_experts_see_few_tokens():
     stats = gather(model, data, layer_targets(model, 0, ("routed",)), False, 0, 0, batch_size=len(data))
     got = [stats.tokens[f"layers.0.mlp.experts.gate_up_proj.{e}"] for e in range(8)]
     assert got == counts.tolist() and sum(got) == 2 * int(mask.sum())
+
+
+def test_shared_expert_statistics_cover_every_real_token():
+    """A shared expert sees every non-padding token: ||X_j||^2 equals the sum over the MoE block's input."""
+    from harness.slimming.stats import gather
+    from harness.slimming.targets import layer_targets
+
+    model = tiny("qwen2_moe")
+    data = samples()
+    seen = {}
+    handle = model.model.layers[0].mlp.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0]))
+    ids, mask = right_pad(data, 0, "cpu")
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    handle.remove()
+    x = seen["x"].reshape(-1, seen["x"].shape[-1])[mask.reshape(-1).bool()].double()
+    stats = gather(model, data, layer_targets(model, 0, ("shared",)), True, 0, 0, batch_size=len(data))
+    name = "layers.0.mlp.shared_expert.gate_proj"
+    assert stats.tokens[name] == int(mask.sum())
+    assert torch.allclose(stats.column_sq[name], (x ** 2).sum(0), rtol=1e-6)
+    assert torch.allclose(stats.gram[name], x.T @ x, rtol=1e-6, atol=1e-8)
+    assert "layers.0.mlp.shared_expert_gate" not in stats.tokens  # a router: never a target
 
 
 # ------------------------------------------------------------------ SparseGPT
@@ -229,7 +254,8 @@ def test_sparsegpt_nm_counts_on_the_model():
 
 
 # ------------------------------------------------------------------ what stays untouched
-@pytest.mark.parametrize("arch,kinds", [("mixtral", ("routed",)), ("qwen2_moe", ("routed", "shared", "attention"))])
+@pytest.mark.parametrize("arch,kinds", [("mixtral", ("routed",)), ("qwen2_moe", ("routed", "shared", "attention")),
+                                        ("deepseek_v2", ("routed", "shared"))])
 def test_routers_and_frozen_parts_stay_bit_identical(arch, kinds):
     model = tiny(arch)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -238,7 +264,7 @@ def test_routers_and_frozen_parts_stay_bit_identical(arch, kinds):
 
     def target(name):
         return (".experts." in name and "routed" in kinds
-                or ".shared_expert." in name and "shared" in kinds
+                or (".shared_expert." in name or ".shared_experts." in name) and "shared" in kinds
                 or ".self_attn." in name and name.endswith("proj.weight") and "attention" in kinds)
 
     assert changed and all(target(k) for k in changed), sorted(changed - {k for k in changed if target(k)})
