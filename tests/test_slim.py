@@ -380,3 +380,25 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_folder, capsys,
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_merging_plan_then_slimming_writes_the_compressed_layout(tmp_path, tiny_folder):
+    """A plan that is not plain pruning (merged experts, mapped router) is materialised in the compressed
+    layout; the slimmed merged experts load back through HFCausalLM with their zeros."""
+    from harness.compress import save_plan
+    from harness.compress.materialize import is_compressed_checkpoint
+    from harness.compress.plan import CompressionPlan, LayerPlan
+    from harness.models.hf_causal_lm import HFCausalLM
+
+    g = torch.Generator().manual_seed(0)
+    plan = CompressionPlan(2, 8, {l: LayerPlan(merge=torch.rand(3, 8, generator=g), router=torch.rand(3, 8, generator=g))
+                                  for l in range(2)})
+    save_plan(plan, tmp_path / "plan.safetensors")
+    out = tmp_path / "merged_slim"
+    assert slim_cli("--model_path", tiny_folder, "--coeff_path", tmp_path / "plan.safetensors", "--method", "sparsegpt",
+                    "--sparsity", 0.5, "--calib_data", tiny_folder / "calib.jsonl", "--calib_seq_len", 16, "--out", out) == 0
+    record = json.loads((out / "slimming.json").read_text())
+    assert is_compressed_checkpoint(out) and record["checkpoint_kind"] == "compressed"
+    assert all(len(v["routed_tokens_per_expert"]) == 3 for v in record["layers"].values())
+    experts = HFCausalLM(str(out)).model.model.layers[1].mlp.experts
+    assert experts.down_proj.shape[0] == 3 and zero_fraction(experts.down_proj) == 0.5
