@@ -19,7 +19,7 @@ benchmarks = [
     dict(cfg='dataset_cfgs/ppl_winogrande.py', max_num=50, metric='accuracy'),
     dict(cfg='dataset_cfgs/ppl_obqa.py', max_num=50, metric='accuracy_norm'),
     dict(cfg='dataset_cfgs/ppl_rte.py', max_num=50, metric='accuracy'),
-    dict(cfg='dataset_cfgs/c4_ppl.py', max_num=8, metric='token_perplexity'),  # 8 documents, ~4k tokens
+    dict(cfg='dataset_cfgs/c4_ppl.py', max_num=5, metric='token_perplexity'),  # 5 documents, ~2.5k tokens
 ]
 
 # One pass on C4 train text serves every method that needs statistics (compress.py's --calib_data,
