@@ -17,6 +17,10 @@ best, DIR/...). Rerunning the command resumes; running it several times at once 
 or machines on one DIR, or torchrun ranks, each on its own GPU) shares the work. The result depends
 on ``parallel_width`` (candidates proposed from one population snapshot), not on how many workers
 ran: under torchrun it defaults to the number of ranks.
+
+The terminal gets one line per finished evaluation (count, phase, fitness, best so far, time per
+evaluation and time left; ``harness/search/progress.py``), a resume says how many evaluations were
+cached, and the dev re-scoring of the finalists is announced.
 """
 from __future__ import annotations
 
