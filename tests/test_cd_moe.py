@@ -167,7 +167,7 @@ def test_expert_weights_are_mean_gate_weights_given_selection(arch, rule):
         assert torch.equal(calib.counts[index], counts.long())
 
 
-@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "deepseek_v2", "deepseek_v3"])
+@pytest.mark.parametrize("arch", ARCHS)  # every family of the adapter table
 def test_candidate_divergence_equals_two_full_forwards(arch):
     model = peaked(build_model(arch))
     batches = cd_moe.make_batches(documents(lengths=(7, 5, 9)), 3, 3, "cpu")
@@ -192,7 +192,8 @@ def brute_force_expert_order(model, batches, weights, index, k):
     return order
 
 
-@pytest.mark.parametrize("arch, index, k", [("mixtral", 1, 3), ("deepseek_v2", 1, 2)])  # the last layer; DeepSeek's first MoE layer
+# the last layer; DeepSeek's first MoE layer (decoder layer 1); Qwen2-MoE's gated shared expert, layer 0
+@pytest.mark.parametrize("arch, index, k", [("mixtral", 1, 3), ("deepseek_v2", 1, 2), ("qwen2_moe", 0, 2)])
 def test_greedy_expert_search_equals_brute_force_loop(arch, index, k):
     model = peaked(build_model(arch))
     batches = cd_moe.make_batches(documents(lengths=(7, 5, 9)), 3, 3, "cpu")
