@@ -7,8 +7,8 @@
 
 Calibration (the paper's recipe): the first ``--calib_samples`` documents of ``--calib_data`` (JSONL
 with a ``text`` field; default the first C4 train shard in ../shared/data/c4), each cut to
-``--calib_seq_len`` tokens (default 256, at most the model's max_seq_len), or the prompts of one or more dataset configs (``--calib_cfg``, shared
-between them in turn). Every MoE layer gets its greedy expert order (up to K), then N layers are
+``--calib_seq_len`` tokens (default 256, at most the model's max_seq_len), or the prompts of one
+or more dataset configs (``--calib_cfg``, shared between them in turn; ``--max_num`` caps them too). Every MoE layer gets its greedy expert order (up to K), then N layers are
 chosen greedily (beam ``--beam``), each condensed to its first K experts with their mean gate
 weights; K=0 keeps only the shared experts. See docs/CD_MOE.md.
 
@@ -18,8 +18,8 @@ sequence, the kept beams per step, the order), DIR/plan.safetensors, DIR/results
 (memory and speed of the condensed model against the full one, measured in the same process by
 ``harness/tasks/efficiency.py``'s functions, so ``tools/summarize.py`` shows it beside the accuracies),
 DIR/cd_moe/summary.json (the choices, the divergence and those numbers) and the evaluation of CONFIG
-with the plan (DIR/predictions, DIR/results, as infer.py). Every result is saved as soon as it is found: rerun a
-killed command and it continues where it stopped, with the same result.
+with the plan (DIR/predictions, DIR/results, as infer.py). Every result is saved as soon as it is
+found: rerun a killed command and it continues where it stopped, with the same result.
 """
 from __future__ import annotations
 
