@@ -183,11 +183,15 @@ def prune_experts(model, keep: list[list[int]]):
 
 @torch.no_grad()
 def routing_counts(model, tokenizer, rows: list[dict]) -> torch.Tensor:
-    """(layers, experts) counts of top-k selections over the real tokens of ``rows`` (teacher-forced)."""
+    """(layers, experts) counts of top-k selections over the prompt tokens of ``rows``: the definition
+    of ``prune_baseline.py --method frequency`` (routing on what the model is given, not the answer)."""
     pairs = [encode_pair(tokenizer, r["prompt"], r["answer"]) for r in rows]
     batch = make_batch(pairs, tokenizer.pad_token_id)
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_router_logits=True)
-    real = batch["attention_mask"].reshape(-1).bool()
+    prompt = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+    for row, (ctx, _) in enumerate(pairs):
+        prompt[row, : len(ctx)] = True
+    real = prompt.reshape(-1)
     top_k = model.config.num_experts_per_tok
     counts = []
     for logits in out.router_logits:
@@ -228,7 +232,7 @@ def pruning_table(model_dir: Path, data_dir: Path, keep: int = KEEP_EXPERTS, see
             "task": task,
             "full": exact_match(full, tokenizer, rows),
             "random_mean": statistics.mean(rand),
-            "random_std": statistics.pstdev(rand),
+            "random_std": statistics.stdev(rand),  # sample std, as summarize.py prints
             "random_min": min(rand),
             "most_routed": exact_match(prune_experts(load(), [sorted(r[:keep]) for r in ranked]), tokenizer, rows),
             "least_routed": exact_match(prune_experts(load(), [sorted(r[-keep:]) for r in ranked]), tokenizer, rows),
@@ -237,7 +241,7 @@ def pruning_table(model_dir: Path, data_dir: Path, keep: int = KEEP_EXPERTS, see
 
 
 def format_table(table: list[dict], keep: int, seeds) -> str:
-    header = (f"| task | full model | random {keep} of 8 (mean ± std over seeds {list(seeds)}) | worst random seed "
+    header = (f"| task | full model | random {keep} of 8 (mean ± sample std over seeds {list(seeds)}) | worst random seed "
               f"| {keep} most-routed per layer | {keep} least-routed per layer |\n|---|---|---|---|---|---|\n")
     return header + "".join(
         f"| {r['task']} | {r['full']:.1f} | {r['random_mean']:.1f} ± {r['random_std']:.1f} | {r['random_min']:.1f} "
@@ -287,7 +291,8 @@ never a dev/eval prompt), saves the checkpoint here and rewrites this file with 
 
 Pruning keeps 4 of the 8 experts in every layer (router rows and expert weights sliced).
 "Most-routed" / "least-routed" rank each layer's experts by how often the full model selects them
-(top-2) on that task's dev split, teacher-forced.
+(top-2) on the prompt tokens of that task's dev split (the definition of
+`harness/tasks/prune_baseline.py --method frequency`).
 
 {table}"""
 
