@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, one_line
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 DEFAULT_MODEL = dict(type="HFCausalLM", dtype="float32", batch_size=8, max_seq_len=2048, max_out_len=100)
@@ -27,7 +27,7 @@ def load_config(path: str):
     except HarnessError:
         raise
     except Exception as exc:  # mmengine wraps syntax and import errors in many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = one_line(exc)
         raise HarnessError(f"config file {path} could not be parsed: {first}") from None
 
 

@@ -15,3 +15,18 @@ def test_a_missing_tokenizer_folder_is_named_as_tokenizer_path(tmp_path, tiny_mi
     with pytest.raises(HarnessError, match="tokenizer_path") as error:
         HFCausalLM(str(tiny_mixtral_path), tokenizer_path=str(tmp_path / "no_such_tokenizer"))
     assert "\n" not in str(error.value)
+
+
+def test_a_tokenizer_error_keeps_its_cause_on_one_line(tmp_path, tiny_mixtral_path, monkeypatch):
+    """transformers puts the cause of a tokenizer failure after a first line; all of it is kept."""
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise OSError("Can't load tokenizer for 'x'.\n\nMake sure that:\n- 'x' is a correct model identifier\n")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+    with pytest.raises(HarnessError) as error:
+        HFCausalLM(str(tiny_mixtral_path))
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.endswith("Can't load tokenizer for 'x'. Make sure that: - 'x' is a correct model identifier")

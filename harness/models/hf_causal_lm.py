@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, one_line
 from harness.models.api import GenerationRequest, OnBatch, RollingRequest, Score, ScoreRequest, rolling_windows
 from harness.models.collator import Collator, check_token_budget
 from harness.models.refill import NotRefillable, RefillDecoder, greedy_compatible
@@ -158,7 +158,7 @@ class HFCausalLM:
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as exc:
-            raise HarnessError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
+            raise HarnessError(f"cannot load a tokenizer from {path}: {one_line(exc)}") from None
         tokenizer.padding_side = "left"
         tokenizer.truncation_side = "left"
         return tokenizer
@@ -176,7 +176,7 @@ class HFCausalLM:
         try:
             return AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, device_map=device_map, **kwargs)
         except (OSError, ValueError) as exc:
-            raise HarnessError(f"cannot load a model from {self.path}: {str(exc).splitlines()[0]}") from None
+            raise HarnessError(f"cannot load a model from {self.path}: {one_line(exc)}") from None
 
     @staticmethod
     def _check_path(path: str, argument: str) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from harness.cli import main_guard
 from harness.config import dataset_configs, load_config, model_config
-from harness.errors import HarnessError
+from harness.errors import HarnessError, one_line
 from harness.io import atomic_write_json
 from harness.pipeline import EvalTask
 from harness.run import Run, check_files, check_work_dir, make_parser, positive_int
@@ -124,7 +124,7 @@ def training_arguments(settings, output_dir: Path):
         return TrainingArguments(output_dir=str(output_dir), report_to="none", remove_unused_columns=False,
                                  save_strategy="steps", label_names=["labels"], **settings.train)
     except (TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = one_line(exc)
         raise HarnessError(f"finetune config {settings.source}: train settings rejected by TrainingArguments: {first}") from None
 
 
