@@ -61,3 +61,18 @@ def test_attention_grows_with_the_context_and_nothing_else_does():
     assert long["attention_scores"] - short["attention_scores"] == 2 * 4 * 100 * 16 * 2
     assert {k: v for k, v in long.items() if k not in ("attention_scores", "total")} == \
         {k: v for k, v in short.items() if k not in ("attention_scores", "total")}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_condensed_layer_counts_its_experts_as_expert_memory(arch):
+    """CD-MoE's condensed layer has no router, and its K experts are still expert memory (all active)."""
+    from harness.efficiency.memory import footprint
+
+    model = build_model(arch)
+    moe = moe_layers(model)
+    full = footprint(model)
+    per_layer = full["expert_bytes"] // len(moe)  # every routed layer holds the same 8 experts
+    apply_plan(model, plans(model)["condensed"])  # the first MoE layer keeps 2 of 8 experts
+    condensed = footprint(model)
+    assert condensed["expert_bytes"] == full["expert_bytes"] - per_layer + per_layer * 2 // 8
+    assert condensed["active_params"] <= condensed["params"]

@@ -24,13 +24,22 @@ def storage_bytes(tensors) -> int:
 
 
 def _expert_layers(model):
-    """(expert tensors, slots, experts used per token) of every installed MoE block."""
+    """(expert tensors, slots, experts used per token) of every installed MoE block; a condensed
+    layer (CD-MoE: no router) holds K experts that every token uses."""
+    from harness.compress.condensed import CondensedMoE
+
     moe = resolve(model)
     for _, block in moe.blocks():
         experts, router = moe.experts(block), moe.router(block)
         tensors = [getattr(experts, name) for name in moe.expert_tensors if getattr(experts, name, None) is not None]
         slots = int(tensors[0].shape[0])
         yield tensors, slots, min(int(getattr(router, "top_k", moe.top_k)), slots)
+    for index in moe.moe_layers:
+        block = getattr(moe.layers[index], moe.adapter.moe_attr, None)
+        if isinstance(block, CondensedMoE) and block.experts.num_experts:
+            experts = block.experts
+            tensors = [getattr(experts, name) for name in experts.tensor_names]
+            yield tensors, experts.num_experts, experts.num_experts
 
 
 def footprint(model) -> dict:
