@@ -1,12 +1,14 @@
-"""tools/quantize.py: arguments and the missing backend are one-line errors before anything loads;
-with llmcompressor installed (a GPU environment, docs/SLIMMING.md), a tiny model is quantised and
-scored through infer.py."""
+"""tools/quantize.py: arguments, group size and the missing backend are one-line errors before anything
+loads; with llmcompressor installed (its own environment, docs/SLIMMING.md), AWQ without a GPU is a
+one-line error, and a GPTQ-quantised tiny MoE must load every weight and score through infer.py
+(expected to fail today: the checkpoint's per-expert layout does not load into fused experts)."""
 from __future__ import annotations
 
 import importlib.util
 import json
 
 import pytest
+import torch
 
 from tests.tiny import build_tiny_model, build_tiny_tokenizer
 
@@ -32,6 +34,7 @@ def quantize(*argv):
     (["--scheme", "int3"], "not one of gptq, awq"),
     (["--scheme", "awq", "--bits", "8"], "--bits 8 is not supported with --scheme awq"),
     (["--scheme", "gptq", "--bits", "3"], "--bits 3 is not supported with --scheme gptq"),
+    (["--scheme", "gptq", "--group_size", "64"], "--group_size 64 does not divide hidden_size=32, intermediate_size=48"),
 ])
 def test_unsupported_schemes_are_one_line_errors(tmp_path, folder, capsys, args, message):
     argv = ["--model_path", folder, "--calib_data", folder / "calib.jsonl", "--out", tmp_path / "q", *args]
@@ -43,24 +46,42 @@ def test_unsupported_schemes_are_one_line_errors(tmp_path, folder, capsys, args,
 
 @pytest.mark.skipif(HAVE_LLMCOMPRESSOR, reason="llmcompressor is installed: the missing-backend error cannot show")
 def test_missing_backend_names_what_to_install(tmp_path, folder, capsys):
-    argv = ["--model_path", folder, "--scheme", "gptq", "--calib_data", folder / "calib.jsonl", "--out", tmp_path / "q"]
+    argv = ["--model_path", folder, "--scheme", "gptq", "--calib_data", folder / "calib.jsonl", "--group_size", 16,
+            "--out", tmp_path / "q"]
     assert quantize(*argv) == 2
     err = capsys.readouterr().err.strip()
     assert "needs llmcompressor" in err and "pip install llmcompressor" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.skipif(not HAVE_LLMCOMPRESSOR, reason="llmcompressor is not installed here")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: AWQ can run")
+def test_awq_without_gpu_is_a_one_line_error(tmp_path, folder, capsys):
+    argv = ["--model_path", folder, "--scheme", "awq", "--calib_data", folder / "calib.jsonl", "--group_size", 16,
+            "--out", tmp_path / "q"]
+    assert quantize(*argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--scheme awq needs a CUDA GPU" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "q").exists()
+
+
 @pytest.mark.skipif(not HAVE_LLMCOMPRESSOR, reason="llmcompressor is not installed here (it pins transformers<=5.17); "
-                    "run in the GPU environment of docs/SLIMMING.md")
-@pytest.mark.parametrize("scheme", ["gptq", "awq"])
-def test_quantised_tiny_model_loads_and_scores_through_infer(tmp_path, folder, scheme):
+                    "run in the separate environment of docs/SLIMMING.md")
+@pytest.mark.xfail(strict=True, reason="llmcompressor 0.14 saves each expert as separate quantised linears, which "
+                   "transformers' fused-expert MoE classes do not load (docs/SLIMMING.md)")
+def test_quantised_tiny_model_loads_every_weight_and_scores_through_infer(tmp_path, folder):
+    from transformers import AutoModelForCausalLM
+
     from harness.tasks import infer
 
-    out = tmp_path / scheme
-    assert quantize("--model_path", folder, "--scheme", scheme, "--calib_data", folder / "calib.jsonl",
-                    "--calib_seq_len", 16, "--calib_samples", 8, "--out", out) == 0
+    out = tmp_path / "gptq"
+    assert quantize("--model_path", folder, "--scheme", "gptq", "--calib_data", folder / "calib.jsonl",
+                    "--calib_seq_len", 16, "--calib_samples", 8, "--group_size", 16, "--out", out) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    _, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"], info["missing_keys"]
+    assert not info["unexpected_keys"], info["unexpected_keys"]
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"question": q, "label": "A"}) + "\n" for q in ("is it?", "was it?")))
     cfg = tmp_path / "eval.py"

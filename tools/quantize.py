@@ -2,7 +2,7 @@
 
     python tools/quantize.py --model_path P --scheme gptq|awq [--bits 4]
         (--calib_data FILE | --calib_cfg CFG) [--calib_samples 128] [--calib_seq_len 2048]
-        [--targets experts|all] --out DIR
+        [--group_size 128] [--targets experts|all] --out DIR
 
 P may be a trimmed (``tools/materialize.py``) and/or slimmed (``tools/slim.py``) folder, so "drop
 experts, then quantise" is two commands. Routers (``mlp.gate``, ``shared_expert_gate``) and the LM
@@ -24,6 +24,8 @@ import shutil
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools.slim, when run as a script
 
 from harness.cli import main_guard
 from harness.errors import HarnessError
@@ -51,6 +53,8 @@ def parse_args(argv):
     parser.add_argument("--calib_samples", type=positive_int, default=128, help="calibration samples (default 128)")
     parser.add_argument("--calib_seq_len", type=positive_int, default=2048, help="tokens per sample (default 2048)")
     parser.add_argument("--data_root", help="replaces the ./data prefix of --calib_cfg's data paths")
+    parser.add_argument("--group_size", type=positive_int, default=128,
+                        help="weights per quantisation group (default 128); must divide hidden and intermediate sizes")
     parser.add_argument("--targets", default="experts", choices=("experts", "all"),
                         help="experts (default): routed and shared experts; all: every linear but routers and lm_head")
     parser.add_argument("--out", required=True, help="the folder to write (must not exist or be empty)")
@@ -71,29 +75,53 @@ def check_args(args) -> str:
         value = getattr(args, name)
         if value and not Path(value).is_file():
             raise HarnessError(f"--{name} {value} not found; pass an existing file")
+    check_group_size(args)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HarnessError(f"--out {out} already exists and is not empty; choose a new folder")
     return presets[args.bits]
 
 
+def check_group_size(args) -> None:
+    """Every quantised linear's input size (hidden, expert intermediate) must be a multiple of the group."""
+    import json
+
+    config = json.loads((Path(args.model_path) / "config.json").read_text())
+    config = config.get("text_config", config)
+    sizes = {k: config[k] for k in ("hidden_size", "intermediate_size", "moe_intermediate_size",
+                                    "shared_expert_intermediate_size") if config.get(k)}
+    bad = {k: v for k, v in sizes.items() if v % args.group_size}
+    if bad:
+        raise HarnessError(f"--group_size {args.group_size} does not divide {', '.join(f'{k}={v}' for k, v in bad.items())} "
+                           f"of {args.model_path}; pass a --group_size that divides them")
+
+
 def check_backend(scheme: str) -> None:
-    """llmcompressor must be importable (it runs GPTQ and AWQ on CPU too, slowly)."""
+    """llmcompressor must be importable; it runs GPTQ on CPU, AWQ only with a GPU (checked 2026-12-02)."""
     if importlib.util.find_spec("llmcompressor") is None:
         raise HarnessError(f"--scheme {scheme} needs llmcompressor, which is not installed here; {INSTALL_HINT}")
+    import torch
+
+    if scheme == "awq" and not torch.cuda.is_available():  # llmcompressor 0.14 pins AWQ activations (pin_memory)
+        raise HarnessError("--scheme awq needs a CUDA GPU (llmcompressor's AWQ pins memory, which fails on CPU); "
+                           "use --scheme gptq here or run on a GPU machine")
 
 
-def recipe(scheme: str, preset: str, targets: str):
-    """The llmcompressor modifier: GPTQ or AWQ on the expert (or all) linear layers, routers ignored
-    (the presets quantise per group of 128 weights, symmetric for GPTQ, asymmetric for AWQ)."""
+def recipe(scheme: str, bits: int, group_size: int, targets: str):
+    """The llmcompressor modifier: GPTQ or AWQ on the expert (or all) linear layers, routers ignored;
+    integer weights per group of ``group_size``, symmetric for GPTQ, asymmetric for AWQ (the
+    W4A16 / W8A16 / W4A16_ASYM presets with a chosen group size), activations untouched."""
     ignore = list(ROUTER_IGNORE) + ([] if targets == "all" else ["re:.*self_attn.*"])
+    weights = {"num_bits": bits, "type": "int", "symmetric": scheme == "gptq", "strategy": "group",
+               "group_size": group_size}
+    config_groups = {"group_0": {"targets": ["Linear"], "weights": weights}}
     if scheme == "gptq":
         from llmcompressor.modifiers.quantization import GPTQModifier
 
-        return GPTQModifier(targets="Linear", scheme=preset, ignore=ignore)
+        return GPTQModifier(config_groups=config_groups, ignore=ignore)
     from llmcompressor.modifiers.awq import AWQModifier
 
-    return AWQModifier(targets="Linear", scheme=preset, ignore=ignore)
+    return AWQModifier(config_groups=config_groups, ignore=ignore)
 
 
 def run(argv=None) -> int:
@@ -116,14 +144,14 @@ def run(argv=None) -> int:
     from harness.compress.materialize import _atomic_dir
 
     def write(folder: Path) -> None:
-        model = oneshot(model=lm.model, dataset=dataset, recipe=recipe(args.scheme, preset, args.targets),
+        model = oneshot(model=lm.model, dataset=dataset, recipe=recipe(args.scheme, args.bits, args.group_size, args.targets),
                         max_seq_length=args.calib_seq_len, num_calibration_samples=len(data.samples))
         model.save_pretrained(folder, save_compressed=True)
         lm.tokenizer.save_pretrained(folder)
         if (Path(args.model_path) / "slimming.json").is_file():  # a slimmed model's record stays with it
             shutil.copy2(Path(args.model_path) / "slimming.json", folder / "slimming.json")
         atomic_write_json(folder / RECORD_FILE, {
-            "scheme": args.scheme, "preset": preset, "bits": args.bits, "group_size": 128,
+            "scheme": args.scheme, "preset": preset, "bits": args.bits, "group_size": args.group_size,
             "targets": args.targets, "ignore": ROUTER_IGNORE, "base_model": args.model_path,
             "calibration": {"source": data.source, "samples": len(data.samples),
                             "tokens": sum(len(s) for s in data.samples)},
