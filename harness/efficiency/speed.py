@@ -3,12 +3,13 @@ sizes, and peak memory; each a median of repeats after warm-up, on random token 
 not depend on which tokens they are)."""
 from __future__ import annotations
 
-import inspect
 import resource
 import statistics
 import time
 
 import torch
+
+from harness.models.kv_cache import cache_argument, output_cache
 
 
 def _sync(device: torch.device) -> None:
@@ -48,16 +49,16 @@ def decode_tokens_per_s(model, batch_size: int, context_len: int, new_tokens: in
                         warmup: int = 1) -> float:
     """Greedy decode steps on the KV cache of a ``context_len`` prompt (the prefill is not timed)."""
     ids = _ids(model, batch_size, context_len)
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_arg = cache_argument(model)
 
     def steps_after_prefill():
         out = model(input_ids=ids, use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        cache, token = output_cache(out), out.logits[:, -1:].argmax(-1)
         _sync(ids.device)
         start = time.perf_counter()
         for _ in range(new_tokens):
             out = model(input_ids=token, use_cache=True, **{cache_arg: cache})
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            cache, token = output_cache(out), out.logits[:, -1:].argmax(-1)
         _sync(ids.device)
         return time.perf_counter() - start
 

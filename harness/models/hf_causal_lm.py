@@ -19,7 +19,6 @@ Batching is the ``Collator``'s: longest first, halved on out-of-memory, the size
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from harness.errors import HarnessError, one_line
+from harness.models.kv_cache import cache_argument, output_cache
 from harness.models.api import GenerationRequest, OnBatch, RollingRequest, Score, ScoreRequest, rolling_windows
 from harness.models.collator import Collator, check_token_budget
 from harness.models.refill import NotRefillable, RefillDecoder, greedy_compatible
@@ -346,7 +346,7 @@ class HFCausalLM:
         else:  # never read: every scored position lies beyond its prefix
             logprobs = [[0.0] * (len(p) - 1) for p in prefixes]
             greedy = [[True] * (len(p) - 1) for p in prefixes]
-        return logprobs, greedy, out.logits[:, -1].float(), _output_cache(out), mask
+        return logprobs, greedy, out.logits[:, -1].float(), output_cache(out), mask
 
     def _run_suffixes(self, units, last_logits, cache, prefix_mask):
         """Run every request's suffix on its unit's cached prefix."""
@@ -388,8 +388,7 @@ class HFCausalLM:
         targets, _ = right_pad([s[1:] for s in suffixes], 0, self.device)
         mask = torch.cat([prefix_mask[index], suffix_mask], dim=1)
         positions = torch.tensor(starts, device=self.device)[:, None] + torch.arange(ids.shape[1], device=self.device)
-        # transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` (the old name warns)
-        cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        cache_arg = cache_argument(self.model)
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_arg: cache}
         )
@@ -571,12 +570,6 @@ def cut_at_stop_strings(text: str, stop_strings: Sequence[str]) -> str:
         if stop and found != -1:
             cut = min(cut, found)
     return text[:cut]
-
-
-def _output_cache(out):
-    """The KV cache of a forward's output (transformers 5.24 names it ``cache``; reading the old
-    ``past_key_values`` warns there)."""
-    return out["cache"] if "cache" in out else out.past_key_values
 
 
 def _group_units(group: list[ScoreRequest]) -> list[Unit]:

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from harness.models.api import GenerationRequest
+from harness.models.kv_cache import cache_argument, output_cache
 
 # generation_config fields that change a greedy choice; a model that sets any goes through generate
 _PROCESSOR_FIELDS = {
@@ -119,7 +120,7 @@ class RefillDecoder:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=1)
-        cache = out["cache"] if "cache" in out else out.past_key_values
+        cache = output_cache(out)
         if not plain_cache(cache):
             raise NotRefillable(type(cache).__name__)
         self._choose(rows, out.logits[:, -1])
@@ -133,7 +134,7 @@ class RefillDecoder:
         positions = self.mask.sum(-1, keepdim=True)
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, use_cache=True,
-                         **{_cache_arg(self.model): self.cache})
+                         **{cache_argument(self.model): self.cache})
         self._choose(self.active, out.logits[:, -1])
         self._drop_finished()
 
@@ -190,12 +191,6 @@ class RefillDecoder:
         self.results[row.key] = self.finish(row.tokens, row.request.stop_strings)
         return True
 
-
-def _cache_arg(model) -> str:
-    """transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` (the old name warns)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _pad_seq(tensor: torch.Tensor, width: int, dim: int = -2) -> torch.Tensor:
