@@ -94,3 +94,25 @@ datasets = [dict(abbr='qa', reader_cfg=dict(type='jsonl', path='{data}', input_c
 """)
     assert infer.main([str(cfg), "--model_path", str(out), "--work_dir", str(tmp_path / "w")]) == 0
     assert (tmp_path / "w/results/quantised/qa.json").is_file()
+
+
+@pytest.mark.skipif(not HAVE_LLMCOMPRESSOR, reason="llmcompressor is not installed here (it pins transformers<=5.17); "
+                    "run in the separate environment of docs/SLIMMING.md")
+def test_dequantised_copy_loads_holds_4bit_groups_and_keeps_router_and_attention(tmp_path, folder):
+    from transformers import AutoModelForCausalLM
+
+    out, deq = tmp_path / "gptq", tmp_path / "deq"
+    assert quantize("--model_path", folder, "--scheme", "gptq", "--calib_data", folder / "calib.jsonl",
+                    "--calib_seq_len", 16, "--calib_samples", 8, "--group_size", 16, "--out", out,
+                    "--dequantised_out", deq) == 0
+    model, info = AutoModelForCausalLM.from_pretrained(deq, output_loading_info=True)
+    assert not any(info.values()), info
+    base = AutoModelForCausalLM.from_pretrained(folder)
+    for layer, ref in zip(model.model.layers, base.model.layers):
+        for name in ("gate_up_proj", "down_proj"):
+            w, w0 = getattr(layer.mlp.experts, name), getattr(ref.mlp.experts, name)
+            groups = w.detach().reshape(-1, 16)  # groups of 16 along each row's input dimension
+            assert max(torch.unique(g).numel() for g in groups) <= 16  # 4 bits: at most 16 levels per group
+            assert 0 < ((w - w0).norm() / w0.norm()).item() < 0.3  # quantised, yet close to the original
+        assert torch.equal(layer.mlp.gate.weight, ref.mlp.gate.weight)  # router never quantised
+        assert torch.equal(layer.self_attn.q_proj.weight, ref.self_attn.q_proj.weight)  # --targets experts

@@ -58,6 +58,8 @@ def parse_args(argv):
     parser.add_argument("--targets", default="experts", choices=("experts", "all"),
                         help="experts (default): routed and shared experts; all: every linear but routers and lm_head")
     parser.add_argument("--out", required=True, help="the folder to write (must not exist or be empty)")
+    parser.add_argument("--dequantised_out", help="also write the quantised weights dequantised to float in the layout "
+                        "transformers loads (for accuracy evaluation: the compressed MoE folder does not load, docs/SLIMMING.md)")
     return parser.parse_args(argv)
 
 
@@ -76,9 +78,10 @@ def check_args(args) -> str:
         if value and not Path(value).is_file():
             raise HarnessError(f"--{name} {value} not found; pass an existing file")
     check_group_size(args)
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise HarnessError(f"--out {out} already exists and is not empty; choose a new folder")
+    for name in ("out", "dequantised_out"):
+        out = getattr(args, name) and Path(getattr(args, name))
+        if out and out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise HarnessError(f"--{name} {out} already exists and is not empty; choose a new folder")
     return presets[args.bits]
 
 
@@ -124,6 +127,41 @@ def recipe(scheme: str, bits: int, group_size: int, targets: str):
     return AWQModifier(config_groups=config_groups, ignore=ignore)
 
 
+LEGACY_EXPERT_NAMES = {"mixtral": {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}}
+
+
+def write_dequantised(compressed: Path, folder: Path) -> None:
+    """The compressed checkpoint's weights unpacked by compressed-tensors into float tensors, saved under the
+    per-expert names transformers converts into fused experts on load (llmcompressor writes per-expert
+    quantised linears, which the fused classes do not load)."""
+    import json
+
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationConfig
+    from safetensors.torch import load_file, save_file
+
+    config = json.loads((compressed / "config.json").read_text())
+    qconfig = QuantizationConfig.model_validate(config.pop("quantization_config"))
+    scheme = next(iter(qconfig.config_groups.values()))
+    rename = LEGACY_EXPERT_NAMES.get(config.get("model_type"), {})
+    parts = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point")
+    state = {}
+    for shard in sorted(compressed.glob("*.safetensors")):
+        state.update(load_file(shard))
+    out = {k: v for k, v in state.items() if not k.endswith(parts)}
+    for key in [k for k in state if k.endswith(".weight_packed")]:
+        module = key[: -len(".weight_packed")]
+        local = {p: state[f"{module}.{p}"] for p in parts if f"{module}.{p}" in state}
+        weight = PackedQuantizationCompressor.decompress(local, scheme)["weight"]
+        prefix, leaf = module.rsplit(".", 1)
+        out[f"{prefix}.{rename.get(leaf, leaf)}.weight"] = weight.to(state[f"{module}.weight_scale"].dtype).contiguous()
+    save_file(out, folder / "model.safetensors", metadata={"format": "pt"})
+    for f in compressed.iterdir():
+        if f.suffix != ".safetensors" and f.name not in ("config.json", "recipe.yaml"):
+            shutil.copy2(f, folder / f.name)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
 def run(argv=None) -> int:
     args = parse_args(argv)
     preset = check_args(args)
@@ -162,6 +200,9 @@ def run(argv=None) -> int:
     out = Path(args.out)
     _atomic_dir(out, write)
     print(f"wrote {args.scheme} {preset} checkpoint to {out}")
+    if args.dequantised_out:
+        _atomic_dir(Path(args.dequantised_out), lambda folder: write_dequantised(out, folder))
+        print(f"wrote its dequantised float copy to {args.dequantised_out}")
     return 0
 
 
