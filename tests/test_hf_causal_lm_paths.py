@@ -30,3 +30,22 @@ def test_a_tokenizer_error_keeps_its_cause_on_one_line(tmp_path, tiny_mixtral_pa
     message = str(error.value)
     assert "\n" not in message
     assert message.endswith("Can't load tokenizer for 'x'. Make sure that: - 'x' is a correct model identifier")
+
+
+def test_a_checkpoint_missing_weights_is_refused(tmp_path, tiny_mixtral_path):
+    """Weights the checkpoint lacks would be initialised at random and scored: refused, one line."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "incomplete"
+    shutil.copytree(tiny_mixtral_path, folder)
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    dropped = [k for k in tensors if "experts" in k]
+    assert dropped
+    save_file({k: v for k, v in tensors.items() if k not in dropped}, weights, metadata={"format": "pt"})
+    # the tiny Mixtral's 2 layers hold their experts as 2 fused tensors each
+    with pytest.raises(HarnessError, match="4 weights of the model are not in the checkpoint") as error:
+        HFCausalLM(str(folder))
+    assert "\n" not in str(error.value)

@@ -174,9 +174,12 @@ class HFCausalLM:
                 return load_compressed(self.path, dtype=dtype, device=device_map or "cpu")
             return load_compressed(self.path, dtype=dtype, device_map=device_map)
         try:
-            return AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, device_map=device_map, **kwargs)
+            model, info = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, device_map=device_map,
+                                                               output_loading_info=True, **kwargs)
         except (OSError, ValueError) as exc:
             raise HarnessError(f"cannot load a model from {self.path}: {one_line(exc)}") from None
+        check_all_weights_loaded(self.path, info)
+        return model
 
     @staticmethod
     def _check_path(path: str, argument: str) -> None:
@@ -624,3 +627,15 @@ def right_pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, to
             ids[i, : len(s)] = torch.tensor(s)
             mask[i, : len(s)] = 1
     return ids.to(device), mask.to(device)
+
+
+def check_all_weights_loaded(path, info: dict) -> None:
+    """A checkpoint whose weights do not all land in the model is refused: transformers fills missing
+    ones at random and only logs it, so such a model would be scored as if it were the checkpoint
+    (a per-expert quantised folder loaded into fused experts did exactly that)."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise HarnessError(f"--model_path {path}: {len(missing)} weights of the model are not in the checkpoint "
+                           f"({shown}); they would be random: pass a complete checkpoint of this architecture")
+
