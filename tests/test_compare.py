@@ -143,6 +143,10 @@ def test_the_table_holds_the_numbers_of_the_single_commands(tmp_path):
                                    "dataset_cfgs/toy-moe_sort_train.py", "--calib_samples", "4", "--calib_seq_len", "32",
                                    "--work_dir", str(tmp_path / "cd")]) == 0
     single("cd_moe", 4, tmp_path / "cd")
+    from harness.methods.cd_moe import DEVIATIONS
+    cd_plans = [load_plan(str(path)) for path in sorted((tmp_path / "cd").rglob("plan.safetensors"))
+                + sorted((work / "budget_4" / "cd_moe").rglob("plan.safetensors"))]
+    assert len(cd_plans) >= 2 and all(p.metadata.get("deviations") == list(DEVIATIONS) for p in cd_plans)
 
     # EEP: search.py with the fitness on the same train items finds the same plans
     sort, = [d for d in toy_datasets() if d["abbr"] == SORT]

@@ -210,7 +210,8 @@ class Comparison:
                                      condense_layers=n, condense_experts=k, beam=args.beam,
                                      weight_rule=args.weight_rule, layer_order=chosen,
                                      calibration=f"{source} ({len(documents)} documents)",
-                                     calibration_fingerprint=progress.fingerprint)
+                                     calibration_fingerprint=progress.fingerprint,
+                                     deviations=list(cd_moe.DEVIATIONS))
         del calib, batches
         gc.collect()
         return plan
