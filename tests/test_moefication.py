@@ -15,7 +15,8 @@ from harness.errors import HarnessError
 from harness.moefication.build import MANIFEST, Recipe, build, plan_layer
 from harness.moefication.clustering import balanced_kmeans, split_neurons
 from harness.moefication.convert import LayerPlan, convert
-from harness.moefication.router import fit_router
+from harness.moefication.refit import refit_down, ridge, routed_features
+from harness.moefication.router import fit_router, routed_weights
 from tests.tiny import SHARED, build_tiny_model, build_tiny_tokenizer, require_shared
 
 C4_TRAIN = SHARED / "data" / "c4" / "c4-train.00000-of-01024.first1041.jsonl"
@@ -71,6 +72,56 @@ def test_top_k_below_e_computes_the_selected_experts_sum(tmp_path):
     with torch.no_grad():
         got = moe.model.layers[0].mlp(x[None])[0]
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_block_output_is_linear_in_the_stored_down_projections(tmp_path):
+    """refit.py's premise: transformers' block output = routed_features @ stored_down^T, for any down."""
+    dense = build_tiny_model(tmp_path / "dense", arch="llama", seed=2)
+    plans = _random_plans(dense, 4, 16, seed=4)
+    gen = torch.Generator().manual_seed(5)
+    for p in plans:
+        p.scale = 0.7
+        p.down = torch.randn(32, dense.config.intermediate_size, generator=gen)
+    moe = convert(dense, plans, top_k=2)
+    x = torch.randn(7, 32, generator=gen)
+    layer, plan = dense.model.layers[0].mlp, plans[0]
+    act = torch.nn.functional.silu(x @ layer.gate_proj.weight.T) * (x @ layer.up_proj.weight.T)
+    idx, w = routed_weights(x @ (plan.router * plan.scale).T, 2)
+    want = routed_features(act, plan.shared, plan.experts, idx, w) @ plan.down.T
+    with torch.no_grad():
+        got = moe.model.layers[0].mlp(x[None])[0]
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_ridge_recovers_an_exact_linear_map_and_falls_back_to_the_initial_weights():
+    gen = torch.Generator().manual_seed(0)
+    feats, truth = torch.randn(400, 12, generator=gen), torch.randn(5, 12, generator=gen)
+    initial = torch.zeros(5, 12)
+    assert torch.allclose(ridge(feats, feats @ truth.T, initial, 1e-9), truth, atol=1e-5)
+    # a huge strength returns the initial weights; noise-free data picks the weakest strength
+    assert torch.allclose(ridge(feats, feats @ truth.T, truth + 1, 1e9), truth + 1, atol=1e-5)
+    rows = torch.arange(400)
+    down, lam, err = refit_down(feats, feats @ truth.T, initial, rows[:300], rows[300:], (1e-6, 1e-1, 10.0))
+    assert lam == 1e-6 and err < 1e-8
+    # a target the features cannot explain on held-out rows: the initial weights are kept (lam = inf)
+    noise = torch.randn(400, 5, generator=gen)
+    down, lam, _ = refit_down(feats, noise, initial, rows[:30], rows[300:], (1e-6,))
+    assert lam == float("inf") and torch.equal(down, initial)
+
+
+def test_refit_lowers_the_held_out_error_of_a_layer(tmp_path):
+    """plan_layer's refit: the MoE block is closer to the dense MLP on held-out tokens than the constant compensation."""
+    from harness.moefication.convert import dense_mlp, moe_config
+
+    dense = build_tiny_model(tmp_path / "dense", arch="llama", seed=0, intermediate_size=40, hidden_size=32)
+    x = torch.randn(6000, 32, generator=torch.Generator().manual_seed(1))
+    config = moe_config(dense.config, 4, 2, 8, 8)
+    base = dict(num_experts=4, top_k=2, shared=8, router_steps=50, cluster_tokens=256)
+    plain, _ = plan_layer(x, *dense_mlp(dense.model.layers[0]), Recipe(**base, refit_grid=()), 0, config)
+    fitted, _ = plan_layer(x, *dense_mlp(dense.model.layers[0]), Recipe(**base), 0, config)
+    assert plain.down is None and fitted.down is not None
+    assert fitted.stats["mlp_rel_err_before_refit"] == pytest.approx(plain.stats["mlp_rel_err"], abs=1e-4)
+    assert fitted.stats["mlp_rel_err"] < plain.stats["mlp_rel_err"]
 
 
 def test_balanced_kmeans_recovers_planted_groups_with_equal_sizes():

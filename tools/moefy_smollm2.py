@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--router_steps", type=int, default=d.router_steps, help="Adam steps per layer router")
     p.add_argument("--router_lr", type=float, default=d.router_lr)
     p.add_argument("--features", default=d.features, choices=FEATURE_KINDS, help="what neurons are clustered on")
+    p.add_argument("--no_refit", action="store_true", help="keep the constant compensation (no down-projection refit)")
     p.add_argument("--out", default=None, help="model folder (default: bench/.cache/<recipe>-<fingerprint>)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: on a shared 2-core machine 2 threads contend)")
     p.add_argument("--force", action="store_true", help="rebuild even if the folder is current")
@@ -49,7 +50,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     recipe = Recipe(num_experts=args.experts, top_k=args.top_k, shared=args.shared, seed=args.seed,
                     calib_data=args.calib_data, num_samples=args.num_samples, seq_len=args.seq_len,
-                    router_steps=args.router_steps, router_lr=args.router_lr, features=args.features)
+                    router_steps=args.router_steps, router_lr=args.router_lr, features=args.features,
+                    refit_grid=() if args.no_refit else d.refit_grid)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     try:
         start = time.time()

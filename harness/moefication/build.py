@@ -20,7 +20,8 @@ import torch
 
 from harness.errors import HarnessError
 from harness.moefication.clustering import split_neurons
-from harness.moefication.convert import LayerPlan, convert, dense_mlp, moe_block, moe_config
+from harness.moefication.convert import LayerPlan, convert, dense_mlp, moe_block, moe_config, stored_down
+from harness.moefication.refit import refit_down, routed_features
 from harness.moefication.router import fit_router, fit_scale, routed_weights
 
 MANIFEST = "moefication.json"
@@ -43,6 +44,9 @@ class Recipe:
     router_lr: float = 1e-2
     features: str = "coactivation"  # what neurons are clustered on: co-activation or weight rows
     cluster_tokens: int = 4096  # calibration tokens whose activations make a neuron's feature row
+    # ridge refit of the down projections given the routing (refit.py); strengths tried on held-out
+    # tokens, relative to the mean feature energy; () keeps the constant compensation only
+    refit_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
 
     def check(self, intermediate_size: int) -> None:
         if self.features not in FEATURE_KINDS:
@@ -133,11 +137,20 @@ def plan_layer(x: torch.Tensor, gate, up, down, recipe: Recipe, layer: int, conf
     oracle = torch.topk(expert_mass[test], recipe.top_k, dim=1).indices
     agree = (idx[:, :, None] == oracle[:, None, :]).any(2).float().mean()
     plan = LayerPlan(shared, experts, router, scale)
+    refit = {}
+    if recipe.refit_grid:
+        fit = perm[hold:]
+        idx_all, w_all = routed_weights(x @ (router * scale).T, recipe.top_k)
+        feats = routed_features(act, shared, experts, idx_all, w_all)
+        initial = stored_down(down, plan)
+        before = float((feats[test] @ initial.T - dense_out).pow(2).sum() / dense_out.pow(2).sum())
+        plan.down, lam, _ = refit_down(feats, act @ down.T, initial, fit, test, recipe.refit_grid)
+        refit = dict(mlp_rel_err_before_refit=round(before, 4), refit_lambda=None if lam == float("inf") else lam)
     block = moe_block(config, gate, up, down, plan)
     moe_out = block(xt[None])[0]
     rel = float((moe_out - dense_out).pow(2).sum() / dense_out.pow(2).sum())
     plan.stats = dict(layer=layer, scale=scale, router_topk_vs_oracle=round(float(agree), 4),
-                      routed_rel_err=round(routed_err, 4), mlp_rel_err=round(rel, 4),
+                      routed_rel_err=round(routed_err, 4), mlp_rel_err=round(rel, 4), **refit,
                       shared_mass=round(float(mass[:, shared].sum() / mass.sum()), 4))
     return plan, block
 

@@ -24,6 +24,20 @@ class LayerPlan:
     router: torch.Tensor  # (E, H) fitted router weight, before ``scale``
     scale: float = 1.0
     stats: dict = field(default_factory=dict)
+    # (H, I) down projections as stored (columns by neuron id), e.g. refitted (refit.py); None: the
+    # dense ones times the constant compensation (E for routed neurons, 2 for shared ones)
+    down: torch.Tensor | None = None
+
+
+def stored_down(down: torch.Tensor, plan: LayerPlan) -> torch.Tensor:
+    """(H, I) the down projections the block stores for ``plan``, columns in dense neuron order."""
+    if plan.down is not None:
+        return plan.down
+    out = down.clone()
+    out[:, plan.shared] *= 2.0
+    for ids in plan.experts:
+        out[:, ids] *= len(plan.experts)
+    return out
 
 
 def dense_mlp(layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -69,15 +83,15 @@ def moe_config(dense_config, num_experts: int, top_k: int, expert_size: int, sha
 @torch.no_grad()
 def fill_moe_block(block, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, plan: LayerPlan) -> None:
     """Write one layer's experts, shared expert and router into a ``Qwen2MoeSparseMoeBlock``."""
-    num_experts = len(plan.experts)
     ids = torch.stack(plan.experts)  # (E, I)
+    stored = stored_down(down, plan)
     block.experts.gate_up_proj.copy_(torch.cat([gate[ids], up[ids]], 1))
-    block.experts.down_proj.copy_(down[:, ids].permute(1, 0, 2) * num_experts)
+    block.experts.down_proj.copy_(stored[:, ids].permute(1, 0, 2))
     block.gate.weight.copy_(plan.router * plan.scale)
     shared = block.shared_expert
     shared.gate_proj.weight.copy_(gate[plan.shared])
     shared.up_proj.weight.copy_(up[plan.shared])
-    shared.down_proj.weight.copy_(down[:, plan.shared] * 2.0)
+    shared.down_proj.weight.copy_(stored[:, plan.shared])
     block.shared_expert_gate.weight.zero_()
 
 
