@@ -279,3 +279,62 @@ def test_cli_refuses_an_existing_destination(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error:") and "already exists" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+# DeepSeek-MoE-16B's published config.json (deepseek-ai/deepseek-moe-16b-base), the keys the conversion reads.
+DEEPSEEK_MOE_16B = dict(
+    architectures=["DeepseekForCausalLM"], model_type="deepseek", vocab_size=102400, hidden_size=2048,
+    intermediate_size=10944, moe_intermediate_size=1408, num_hidden_layers=28, num_attention_heads=16,
+    num_key_value_heads=16, n_shared_experts=2, n_routed_experts=64, num_experts_per_tok=6, first_k_dense_replace=1,
+    moe_layer_freq=1, norm_topk_prob=False, scoring_func="softmax", hidden_act="silu", max_position_embeddings=4096,
+    rms_norm_eps=1e-6, rope_theta=10000, rope_scaling=None, attention_bias=False, tie_word_embeddings=False,
+    bos_token_id=100000, eos_token_id=100001, torch_dtype="bfloat16",
+)
+
+
+def test_the_16b_model_converts_to_a_qwen2_moe_of_its_published_size(tmp_path):
+    """Its converted config builds a 16.4B-parameter Qwen2-MoE (the paper's 16.4B) that the suite accepts."""
+    from transformers import AutoModelForCausalLM, Qwen2MoeConfig
+
+    from harness.compare.setup import check_budgets
+    from harness.compress.adapters import ResolvedMoE
+    from harness.models.deepseek_v1 import qwen2_moe_config
+
+    config = qwen2_moe_config(DEEPSEEK_MOE_16B)
+    moe = ResolvedMoE.from_config(config)
+    assert (moe.moe_layers, moe.num_experts, moe.top_k, moe.renormalize, moe.intermediate_size) == (
+        tuple(range(1, 28)), 64, 6, False, 1408)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(Qwen2MoeConfig(**config))
+    gate_params = 27 * 2048  # the added shared_expert_gate rows (zeros)
+    total = sum(p.numel() for p in model.parameters()) - gate_params
+    assert round(total / 1e9, 1) == 16.4
+    assert model.model.layers[0].mlp.down_proj.in_features == 10944
+    assert model.model.layers[1].mlp.shared_expert.down_proj.in_features == 2 * 1408
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    check_budgets(str(tmp_path), [32, 48])
+    with pytest.raises(HarnessError, match="pass budgets from 6 to 63"):
+        check_budgets(str(tmp_path), [4])
+
+
+def test_the_unconverted_checkpoint_is_refused_with_the_converter_named(tmp_path):
+    from harness.compare.setup import check_budgets
+
+    (tmp_path / "config.json").write_text(json.dumps(DEEPSEEK_MOE_16B))
+    with pytest.raises(HarnessError, match="tools/convert_deepseek_moe.py SRC DST"):
+        check_budgets(str(tmp_path), [32])
+
+
+def test_the_converted_model_cfgs_need_no_remote_code_and_keep_the_chat_format():
+    from harness.config import load_config
+
+    def model_of(name):
+        return load_config(str(REPO / "model_cfgs" / name)).models[0]
+
+    for variant in ("base", "chat"):
+        converted = model_of(f"deepseek-moe-16b-{variant}-qwen2moe.py")
+        original = model_of(f"deepseek-moe-16b-{variant}.py")
+        assert "trust_remote_code" not in json.dumps(dict(converted))
+        assert converted["path"] == f"outputs/deepseek-moe-16b-{variant}-qwen2moe"
+        for key in ("abbr", "meta_template", "stop_strings", "dtype", "max_seq_len", "batch_size"):
+            assert converted.get(key) == original.get(key), (variant, key)

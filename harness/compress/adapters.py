@@ -184,6 +184,11 @@ def _as_config(config, adapter: MoEAdapter):
 def adapter_for(model_or_config) -> MoEAdapter:
     """The adapter of a model (or config); HarnessError for families the table does not cover."""
     model_type = config_value(_config_of(model_or_config), "model_type", None)
+    if model_type == "deepseek":  # DeepSeek-MoE v1's remote code: convert it to a Qwen2-MoE checkpoint first
+        raise HarnessError(
+            "unsupported architecture 'deepseek' (DeepSeek-MoE v1 remote code); convert the checkpoint with "
+            "python tools/convert_deepseek_moe.py SRC DST and pass DST (a stock qwen2_moe model)"
+        )
     if model_type not in ADAPTERS:
         raise HarnessError(
             f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(ADAPTERS))}"
