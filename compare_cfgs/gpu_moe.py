@@ -3,6 +3,10 @@
 # (128 x 2048 C4 tokens), the efficiency defaults, a longer EEP search. Methods as compare_cfgs/cpu_small_moe.py.
 #   python tools/compare.py compare_cfgs/gpu_moe.py --model_cfg model_cfgs/mixtral-8x7b-v0.1.py \
 #       --budget 4 --budget 6 --work_dir outputs/compare_mixtral
+# DeepSeek-MoE-16B: its hub checkpoint is remote code (model_type 'deepseek'); convert it to a stock Qwen2-MoE first:
+#   python tools/convert_deepseek_moe.py outputs/deepseek-moe-16b-base outputs/deepseek-moe-16b-base-qwen2moe
+#   python tools/compare.py compare_cfgs/gpu_moe.py --model_cfg model_cfgs/deepseek-moe-16b-base-qwen2moe.py \
+#       --budget 32 --budget 48 --work_dir outputs/compare_deepseek
 _base_ = ['./cpu_small_moe.py']
 
 benchmarks = [

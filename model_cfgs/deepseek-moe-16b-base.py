@@ -1,4 +1,6 @@
 # DeepSeek-MoE-16B base: no chat template. The checkpoint ships its own modeling code.
+# Loads through the remote code (transformers 4.x); compression methods and tools/compare.py need the
+# stock Qwen2-MoE conversion instead: model_cfgs/deepseek-moe-16b-base-qwen2moe.py (tools/convert_deepseek_moe.py).
 models = [
     dict(
         type='HFCausalLM',

@@ -7,6 +7,8 @@
 # Checked against the chat format in deepseek-ai/DeepSeek-MoE README.md ("User: ...\n\nAssistant: ...
 # <｜end▁of▁sentence｜>User: ...\n\nAssistant:", BOS added by the tokenizer) and the DeepSeek
 # 'User:/Assistant:' Jinja template. No system turn: DeepSeek advises against a system prompt here.
+# Loads through the remote code (transformers 4.x); compression methods and tools/compare.py need the
+# stock Qwen2-MoE conversion instead: model_cfgs/deepseek-moe-16b-chat-qwen2moe.py (tools/convert_deepseek_moe.py).
 models = [
     dict(
         type='HFCausalLM',

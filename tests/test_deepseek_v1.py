@@ -123,7 +123,8 @@ def rope(x, theta):
 def attention(x, w, p, config):
     B, T, _ = x.shape
     d = H // HEADS
-    q, k, v = (F.linear(x, w[f"{p}.{n}.weight"]).view(B, T, HEADS, d).transpose(1, 2) for n in ("q_proj", "k_proj", "v_proj"))
+    q, k, v = (F.linear(x, w[f"{p}.{n}.weight"]).view(B, T, HEADS, d).transpose(1, 2)
+               for n in ("q_proj", "k_proj", "v_proj"))
     q, k = rope(q, config["rope_theta"]), rope(k, config["rope_theta"])
     scores = q @ k.transpose(-1, -2) / math.sqrt(d)
     scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
@@ -224,7 +225,8 @@ def test_harness_resolves_and_prunes_the_converted_model(tmp_path):
     weights = random_weights(config, seed=3)
     model = load(convert(write_checkpoint(tmp_path / "ds", config, weights), tmp_path / "qwen"))
     moe = resolve(model)
-    assert (moe.model_type, moe.moe_layers, moe.num_experts, moe.top_k, moe.renormalize) == ("qwen2_moe", (1, 2), E, K, False)
+    facts = (moe.model_type, moe.moe_layers, moe.num_experts, moe.top_k, moe.renormalize)
+    assert facts == ("qwen2_moe", (1, 2), E, K, False)
     assert moe.intermediate_size == I_MOE
     kept = {1: [0, 2, 3, 5, 7], 2: [1, 4, 6, 7]}
     apply_plan(model, CompressionPlan.from_kept(kept, num_experts=E, num_layers=LAYERS))
@@ -249,7 +251,8 @@ def test_tokenizer_files_are_kept_without_remote_code(tmp_path):
 
     tok = AutoTokenizer.from_pretrained(dst)
     assert "auto_map" not in json.loads((dst / "tokenizer_config.json").read_text())
-    assert tok("The quick brown fox").input_ids == AutoTokenizer.from_pretrained(src).__call__("The quick brown fox").input_ids
+    text = "The quick brown fox"
+    assert tok(text).input_ids == AutoTokenizer.from_pretrained(src)(text).input_ids
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -274,8 +277,8 @@ def test_cli_refuses_an_existing_destination(tmp_path):
     config = ds_config()
     src = write_checkpoint(tmp_path / "ds", config, random_weights(config))
     (tmp_path / "qwen").mkdir()
-    done = subprocess.run([sys.executable, str(REPO / "tools/convert_deepseek_moe.py"), str(src), str(tmp_path / "qwen")],
-                          capture_output=True, text=True)
+    command = [sys.executable, str(REPO / "tools/convert_deepseek_moe.py"), str(src), str(tmp_path / "qwen")]
+    done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error:") and "already exists" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
