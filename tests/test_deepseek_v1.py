@@ -35,7 +35,7 @@ def ds_config(**overrides) -> dict:
         n_routed_experts=E, num_experts_per_tok=K, first_k_dense_replace=1, moe_layer_freq=1, norm_topk_prob=False,
         scoring_func="softmax", aux_loss_alpha=0.001, seq_aux=True, hidden_act="silu", max_position_embeddings=128,
         rms_norm_eps=1e-6, rope_theta=10000, rope_scaling=None, attention_bias=False, tie_word_embeddings=False,
-        bos_token_id=100, eos_token_id=101, torch_dtype="float32", pretraining_tp=1,
+        bos_token_id=1, eos_token_id=2, torch_dtype="float32", pretraining_tp=1,
     )
     config.update(overrides)
     return config
@@ -211,6 +211,9 @@ def test_every_weight_is_loaded(tmp_path):
         with safe_open(str(dst / shard), framework="pt") as f:
             on_disk |= set(f.keys())
     assert on_disk == set(index["weight_map"])
+    source = json.loads((tmp_path / "ds" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert set(index["weight_map"].values()) == set(source.values())  # one output shard per input shard
+    assert all(index["weight_map"][name] == shard for name, shard in source.items() if name in index["weight_map"])
     # 3 per-expert projections fuse into 2 tensors per layer; everything else is one key each.
     assert len(state) == len(on_disk) - len(moe_layer_ids(config)) * (3 * E - 2)
 
@@ -261,6 +264,7 @@ def test_tokenizer_files_are_kept_without_remote_code(tmp_path):
     (lambda f: (f / "config.json").write_text(json.dumps(ds_config(rope_scaling={"type": "linear", "factor": 2}))),
      "rope_scaling"),
     (lambda f: (f / "model-00002-of-00002.safetensors").unlink(), "lacks the shards"),
+    (lambda f: (f / "model-00002-of-00002.safetensors").write_bytes(b"not safetensors"), "not a readable safetensors"),
 ])
 def test_bad_sources_are_one_line_errors_and_leave_no_output(tmp_path, mutate, message):
     config = ds_config()
@@ -341,3 +345,13 @@ def test_the_converted_model_cfgs_need_no_remote_code_and_keep_the_chat_format()
         assert converted["path"] == f"outputs/deepseek-moe-16b-{variant}-qwen2moe"
         for key in ("abbr", "meta_template", "stop_strings", "dtype", "max_seq_len", "batch_size"):
             assert converted.get(key) == original.get(key), (variant, key)
+
+
+def test_overwrite_replaces_the_destination(tmp_path):
+    config = ds_config()
+    src = write_checkpoint(tmp_path / "ds", config, random_weights(config))
+    (tmp_path / "qwen").mkdir()
+    (tmp_path / "qwen" / "stale.txt").write_text("old")
+    dst = convert(src, tmp_path / "qwen", overwrite=True)
+    assert not (dst / "stale.txt").exists() and (dst / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "qwen"]  # no temporary folder left

@@ -173,13 +173,23 @@ def _shards(folder: Path) -> list[str]:
     return names
 
 
+def _read_shard(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as exc:  # safetensors raises its own error type for a truncated or foreign file
+        message = " ".join(str(exc).split())
+        raise HarnessError(f"{path} is not a readable safetensors file ({message}); download it again") from None
+
+
 def convert(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> Path:
     """Convert the DeepSeek v1 checkpoint in ``src`` to a Qwen2-MoE one in ``dst``.
 
     One shard in memory at a time; written into a temporary folder beside ``dst`` and renamed, so
     ``dst`` is either absent or complete.
     """
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
     src, dst = Path(src), Path(dst)
@@ -196,8 +206,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = Fa
     try:
         weight_map, total, shared_seen, dtype = {}, 0, False, None
         for shard in shards:
-            with safe_open(str(src / shard), framework="pt") as f:
-                tensors = {name: f.get_tensor(name) for name in f.keys()}
+            tensors = _read_shard(src / shard)
             if tensors:
                 dtype = next(iter(tensors.values())).dtype
             shared_seen |= any(_SHARED.match(n) for n in tensors)
