@@ -355,3 +355,24 @@ def test_overwrite_replaces_the_destination(tmp_path):
     dst = convert(src, tmp_path / "qwen", overwrite=True)
     assert not (dst / "stale.txt").exists() and (dst / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "qwen"]  # no temporary folder left
+
+
+def test_the_harness_scores_the_converted_folder_like_the_deepseek_formula(tmp_path):
+    """HFCausalLM loads DST by path (no trust_remote_code) and its choice log-likelihoods are the reference's."""
+    from harness.models.api import ScoreRequest
+    from harness.models.hf_causal_lm import HFCausalLM
+    from tests.tiny import build_tiny_tokenizer
+
+    config = ds_config()
+    weights = random_weights(config, seed=5)
+    src = write_checkpoint(tmp_path / "ds", config, weights)
+    build_tiny_tokenizer(src, vocab_size=VOCAB)
+    lm = HFCausalLM(str(convert(src, tmp_path / "qwen")), batch_size=2, max_seq_len=64)
+    tokens = IDS[0].tolist()
+    scores = lm.score([[ScoreRequest(tokens=tokens, score_from=6), ScoreRequest(tokens=tokens[:8], score_from=4)]])[0]
+    logprobs = reference_logits(config, weights, IDS[:1]).log_softmax(-1)[0]
+
+    def expected(n, start):
+        return sum(logprobs[t - 1, tokens[t]].item() for t in range(start, n))
+
+    assert [s.logprob for s in scores] == pytest.approx([expected(10, 6), expected(8, 4)], abs=1e-4)
