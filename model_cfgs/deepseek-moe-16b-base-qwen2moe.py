@@ -1,7 +1,7 @@
 # DeepSeek-MoE-16B base, converted to a stock transformers Qwen2-MoE checkpoint: what the comparison
 # suite (compare_cfgs/gpu_moe.py) and every compression method need, since the hub checkpoint's remote
 # code (model_type 'deepseek') is neither in harness/compress/adapters.py nor written for transformers 5.
-# Convert once (about 33 GB read and written, one 4 GiB shard in memory at a time), then point here:
+# Convert once (about 33 GB of bf16 weights read and written, one shard in memory at a time), then point here:
 #   huggingface-cli download deepseek-ai/deepseek-moe-16b-base --local-dir outputs/deepseek-moe-16b-base
 #   python tools/convert_deepseek_moe.py outputs/deepseek-moe-16b-base outputs/deepseek-moe-16b-base-qwen2moe
 #   python tools/compare.py compare_cfgs/gpu_moe.py --model_cfg model_cfgs/deepseek-moe-16b-base-qwen2moe.py \

@@ -5,7 +5,7 @@
 SRC is a downloaded deepseek-ai/deepseek-moe-16b-base (or -chat) folder (config.json, safetensors
 shards, tokenizer). DST loads with plain transformers 5 (no trust_remote_code) and computes the same
 function (harness/models/deepseek_v1.py says how, and the one bf16 rounding difference). One shard is
-in memory at a time (about 4 GiB for the 16B model); DST appears only when complete.
+in memory at a time (a few GiB for the 16B model); DST appears only when complete.
 """
 from __future__ import annotations
 
