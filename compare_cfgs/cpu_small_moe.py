@@ -1,7 +1,7 @@
 # The comparison suite on a small real-language MoE on CPU (the MoEfied SmolLM2-135M, 8 experts):
-# the seven zero-shot likelihood tasks in lm-eval's form, C4-validation perplexity, efficiency, and
-# every method of the harness, capped so the whole table (two budgets) fits a CPU. Run from the
-# repository root:
+# the seven zero-shot likelihood tasks in lm-eval's form, SQuAD generation (F1), C4-validation perplexity,
+# efficiency, and every method of the harness, capped so the whole table (two budgets) fits a CPU.
+# Run from the repository root:
 #   python tools/compare.py compare_cfgs/cpu_small_moe.py --model_path MOE_FOLDER --budget 4 --budget 6 \
 #       --work_dir outputs/compare_cpu
 # --max_num N caps every benchmark further. On a GPU, compare_cfgs/gpu_moe.py is the same suite uncapped.
@@ -19,6 +19,7 @@ benchmarks = [
     dict(cfg='dataset_cfgs/ppl_winogrande.py', max_num=50, metric='accuracy'),
     dict(cfg='dataset_cfgs/ppl_obqa.py', max_num=50, metric='accuracy_norm'),
     dict(cfg='dataset_cfgs/ppl_rte.py', max_num=50, metric='accuracy'),
+    dict(cfg='dataset_cfgs/gen_squad.py', max_num=50, metric='f1'),  # generation (REAP's claim): greedy, 16 tokens
     dict(cfg='dataset_cfgs/c4_ppl.py', max_num=5, metric='token_perplexity'),  # 5 documents, ~2.5k tokens
 ]
 

@@ -1,5 +1,5 @@
 # The comparison suite uncapped, for a GPU and a full-size MoE (OLMoE, Qwen1.5-MoE, DeepSeek-MoE, Mixtral):
-# every item of the seven tasks, C4 perplexity on the 1025 validation documents, the papers' calibration
+# every item of the seven tasks, 2000 SQuAD questions generated, C4 perplexity on the 1025 validation documents, the papers' calibration
 # (128 x 2048 C4 tokens), the efficiency defaults, a longer EEP search. Methods as compare_cfgs/cpu_small_moe.py.
 #   python tools/compare.py compare_cfgs/gpu_moe.py --model_cfg model_cfgs/mixtral-8x7b-v0.1.py \
 #       --budget 4 --budget 6 --work_dir outputs/compare_mixtral
@@ -17,6 +17,7 @@ benchmarks = [
     dict(cfg='dataset_cfgs/ppl_winogrande.py', metric='accuracy'),
     dict(cfg='dataset_cfgs/ppl_obqa.py', metric='accuracy_norm'),
     dict(cfg='dataset_cfgs/ppl_rte.py', metric='accuracy'),
+    dict(cfg='dataset_cfgs/gen_squad.py', max_num=2000, metric='f1'),  # generation: greedy SQuAD v1.1 answers
     dict(cfg='dataset_cfgs/c4_ppl.py', metric='token_perplexity'),
 ]
 calibration = dict(calib_data='../shared/data/c4/c4-train.00000-of-01024.first1041.jsonl', calib_samples=128,
