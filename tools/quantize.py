@@ -8,8 +8,10 @@ P may be a trimmed (``tools/materialize.py``) and/or slimmed (``tools/slim.py``)
 experts, then quantise" is two commands. Routers (``mlp.gate``, ``shared_expert_gate``) and the LM
 head are never quantised; ``--targets experts`` (default) quantises routed and shared experts only,
 ``all`` every other linear layer too (attention). The folder is written by llmcompressor's
-``save_pretrained(save_compressed=True)`` (compressed-tensors, which transformers and vLLM load),
-into a temporary folder renamed into place, with ``quantization_record.json`` beside it.
+``save_pretrained(save_compressed=True)`` (compressed-tensors: one quantised linear per expert, which
+vLLM reads and ``harness/models/quantized.py`` unpacks into transformers' fused experts when
+``infer.py --model_path DIR`` loads it), into a temporary folder renamed into place, with
+``quantization_record.json`` beside it.
 
 The backend is llmcompressor; it is not in this project's environment (0.14 pins transformers <=
 5.17 and the project runs 5.24; gptqmodel 7.7 needs torch >= 2.14.1, the project pins 2.13). Without
@@ -58,8 +60,8 @@ def parse_args(argv):
     parser.add_argument("--targets", default="experts", choices=("experts", "all"),
                         help="experts (default): routed and shared experts; all: every linear but routers and lm_head")
     parser.add_argument("--out", required=True, help="the folder to write (must not exist or be empty)")
-    parser.add_argument("--dequantised_out", help="also write the quantised weights dequantised to float in the layout "
-                        "transformers loads (for accuracy evaluation: the compressed MoE folder does not load, docs/SLIMMING.md)")
+    parser.add_argument("--dequantised_out", help="also write the quantised weights dequantised to a plain float checkpoint "
+                        "(what loading --out does in memory; for tools that read only plain folders)")
     return parser.parse_args(argv)
 
 
@@ -127,41 +129,6 @@ def recipe(scheme: str, bits: int, group_size: int, targets: str):
     return AWQModifier(config_groups=config_groups, ignore=ignore)
 
 
-LEGACY_EXPERT_NAMES = {"mixtral": {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}}
-
-
-def write_dequantised(compressed: Path, folder: Path) -> None:
-    """The compressed checkpoint's weights unpacked by compressed-tensors into float tensors, saved under the
-    per-expert names transformers converts into fused experts on load (llmcompressor writes per-expert
-    quantised linears, which the fused classes do not load)."""
-    import json
-
-    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
-    from compressed_tensors.quantization import QuantizationConfig
-    from safetensors.torch import load_file, save_file
-
-    config = json.loads((compressed / "config.json").read_text())
-    qconfig = QuantizationConfig.model_validate(config.pop("quantization_config"))
-    scheme = next(iter(qconfig.config_groups.values()))
-    rename = LEGACY_EXPERT_NAMES.get(config.get("model_type"), {})
-    parts = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point")
-    state = {}
-    for shard in sorted(compressed.glob("*.safetensors")):
-        state.update(load_file(shard))
-    out = {k: v for k, v in state.items() if not k.endswith(parts)}
-    for key in [k for k in state if k.endswith(".weight_packed")]:
-        module = key[: -len(".weight_packed")]
-        local = {p: state[f"{module}.{p}"] for p in parts if f"{module}.{p}" in state}
-        weight = PackedQuantizationCompressor.decompress(local, scheme)["weight"]
-        prefix, leaf = module.rsplit(".", 1)
-        out[f"{prefix}.{rename.get(leaf, leaf)}.weight"] = weight.to(state[f"{module}.weight_scale"].dtype).contiguous()
-    save_file(out, folder / "model.safetensors", metadata={"format": "pt"})
-    for f in compressed.iterdir():
-        if f.suffix != ".safetensors" and f.name not in ("config.json", "recipe.yaml"):
-            shutil.copy2(f, folder / f.name)
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-
-
 def run(argv=None) -> int:
     args = parse_args(argv)
     preset = check_args(args)
@@ -172,6 +139,7 @@ def run(argv=None) -> int:
 
     from harness.config import model_config
     from harness.io import atomic_write_json
+    from harness.models.quantized import write_dequantised
     from harness.registry import MODELS, build
     from tools.slim import calibration
 

@@ -19,6 +19,7 @@ Batching is the ``Collator``'s: longest first, halved on out-of-memory, the size
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -62,6 +63,21 @@ def resolve_dtype(dtype: str | torch.dtype | None):
 
 def _looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or os.sep in path and path.count("/") != 1
+
+
+def folder_stamp(path: str) -> str | None:
+    """A digest of a local model folder's config and weight files (names, sizes, modification times), so
+    that predictions and calibration statistics cached for a folder are not reused after its weights
+    are rebuilt in place (same path, new model). None for a hub id (its path names a fixed revision)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and (f.name == "config.json" or f.suffix in (".safetensors", ".bin")):
+            stat = f.stat()
+            digest.update(f"{f.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 @MODELS.register_module(name="HFCausalLM")
@@ -125,8 +141,8 @@ class HFCausalLM:
         if warning:
             log.warning(warning)
         self.pad_token_id = self._pad_token_id(pad_token_id)
-        self._base_identity = {"path": self.path, "dtype": str(dtype), "max_seq_len": self.max_seq_len,
-                               "add_special_tokens": self.add_special_tokens}
+        self._base_identity = {"path": self.path, "files": folder_stamp(self.path), "dtype": str(dtype),
+                               "max_seq_len": self.max_seq_len, "add_special_tokens": self.add_special_tokens}
 
     @property
     def identity(self) -> dict:
@@ -167,12 +183,15 @@ class HFCausalLM:
         from transformers import AutoModelForCausalLM
 
         from harness.compress.materialize import is_compressed_checkpoint, load_compressed
+        from harness.models.quantized import is_per_expert_quantised, load_per_expert_quantised
 
         if is_compressed_checkpoint(self.path):  # written by tools/materialize.py with its plan
             dtype = dtype if dtype != "auto" else None
             if device_map is None or isinstance(device_map, str) and device_map not in SPREADING_DEVICE_MAPS:
                 return load_compressed(self.path, dtype=dtype, device=device_map or "cpu")
             return load_compressed(self.path, dtype=dtype, device_map=device_map)
+        if is_per_expert_quantised(self.path):  # tools/quantize.py's (llmcompressor's) MoE layout
+            return load_per_expert_quantised(self.path, dtype=dtype, device_map=device_map, **kwargs)
         try:
             model, info = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, device_map=device_map,
                                                                output_loading_info=True, **kwargs)

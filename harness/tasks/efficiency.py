@@ -13,7 +13,10 @@ memory_ratio (model bytes), expert_memory_ratio, active_params_ratio, flops_rati
 prefill_speedup_ctx<C>, decode_speedup_bs<B>, and speedup (decode speed-up at the first batch
 size). ``details`` holds both models' full measurements, the FLOPs by part and the settings.
 A checkpoint written by ``tools/slim.py`` adds ``slimming``: its record's method and settings and the
-sparsity measured on the loaded weights, per layer (``harness/slimming/record.py``).
+sparsity measured on the loaded weights, per layer (``harness/slimming/record.py``). A quantised
+checkpoint (``tools/quantize.py``) adds ``quantisation``: its scheme, bits and group size and
+``checkpoint_bytes``, the bytes its weight files store (the loaded model is dequantised to float, so
+``model_bytes`` is the float model's; ``harness/models/quantized.py``).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from harness.errors import HarnessError
 from harness.io import atomic_write_json, results_path
 from harness.registry import MODELS, build
 from harness.run import check_files, check_work_dir, make_parser, positive_int
+from harness.models.quantized import quantisation_entry
 from harness.slimming.record import efficiency_entry
 
 log = logging.getLogger("harness.efficiency")
@@ -135,6 +139,9 @@ def main(argv=None) -> int:
     slimming = efficiency_entry(model, lm.path)
     if slimming is not None:
         result["slimming"] = slimming
+    quantisation = quantisation_entry(lm.path)
+    if quantisation is not None:
+        result["quantisation"] = quantisation
     path = results_path(work_dir, lm.abbr, "efficiency")
     atomic_write_json(path, result)
     print(f"{lm.abbr}: wrote {path}")
