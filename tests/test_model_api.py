@@ -235,3 +235,18 @@ def test_identity_follows_the_installed_plan_not_a_recorded_file(tmp_path, tiny_
     assert pruned_scores == [r["label_scores"] for r in task.infer(lm).values()]  # the pruned model's own
     reset_plan(lm.model, snapshot)
     assert lm.identity == uncompressed
+
+
+def test_a_folder_rebuilt_in_place_does_not_reuse_the_old_weights_predictions(tmp_path):
+    """Same path, new weights (a rebuilt model folder): the identity changes, so cached predictions
+    and calibration statistics of the old weights are not served; the same files give the same identity."""
+    from tests.tiny import build_tiny_model, build_tiny_tokenizer
+
+    folder = tmp_path / "model"
+    build_tiny_tokenizer(folder)
+    build_tiny_model(folder, "mixtral", seed=0)
+    first = HFCausalLM(str(folder), max_seq_len=64).identity
+    assert HFCausalLM(str(folder), max_seq_len=64).identity == first
+    build_tiny_model(folder, "mixtral", seed=1)
+    second = HFCausalLM(str(folder), max_seq_len=64).identity
+    assert second["path"] == first["path"] and second != first
