@@ -339,6 +339,19 @@ def test_slimmed_checkpoint_loads_and_scores_through_infer(tmp_path, tiny_folder
     result = json.loads(next((tmp_path / "eff/results").glob("*/efficiency.json")).read_text())
     assert result["slimming"]["pattern"] == "2:4" and result["slimming"]["measured_sparsity"] == 0.5
     assert result["slimming"]["nonzero_target_weights"] == result["slimming"]["target_weights"] // 2
+    assert result["slimming"]["pattern_groups_kept"] == 1.0
+    # a later step that refills one pruned weight (as GPTQ's updates do) shows in the share of groups kept
+    down = lm.model.model.layers[0].mlp.experts.down_proj
+    with torch.no_grad():
+        row = down.data[0, 0, :4]
+        row[row == 0] = 1.0  # group 0 of that row: 4 non-zeros now
+    groups = sum(t.numel() // 4 for t in (e.gate_up_proj for e in experts_of(lm.model))) + \
+        sum(t.numel() // 4 for t in (e.down_proj for e in experts_of(lm.model)))
+    assert efficiency_entry(lm.model, out)["pattern_groups_kept"] == (groups - 1) / groups
+
+
+def experts_of(model):
+    return [layer.mlp.experts for layer in model.model.layers]
 
 
 def test_trimming_then_slimming_writes_the_smaller_model(tmp_path, tiny_folder):

@@ -167,6 +167,10 @@ def run(argv=None) -> int:
 
     out = Path(args.out)
     _atomic_dir(out, write)
+    if (Path(args.model_path) / "slimming.json").is_file():
+        print("note: GPTQ/AWQ update the pruned (zero) weights too, so the slimmed sparsity and any N:M pattern are "
+              "not kept; harness/tasks/efficiency.py --model_path OUT measures what is left (measured_sparsity, "
+              "pattern_groups_kept)", file=sys.stderr)
     print(f"wrote {args.scheme} {preset} checkpoint to {out}")
     if args.dequantised_out:
         _atomic_dir(Path(args.dequantised_out), lambda folder: write_dequantised(out, folder))

@@ -50,6 +50,21 @@ def measure(model, kinds) -> dict:
     return {"overall": zeros / total if total else 0.0, "zeros": zeros, "weights": total, "layers": layers}
 
 
+def pattern_groups_kept(model, kinds, n: int, m: int) -> float:
+    """Share of the targets' groups of ``m`` consecutive inputs holding at most ``n`` non-zeros: 1.0 for
+    a checkpoint slimmed N:M, less once a later step (GPTQ's error updates) refilled pruned weights."""
+    kept = groups = 0
+    seen = set()
+    for targets in model_targets(model, tuple(kinds)).values():
+        for t in targets:
+            if id(t.tensor) in seen:
+                continue
+            seen.add(id(t.tensor))
+            counts = (t.tensor.data.reshape(-1, m) != 0).sum(dim=-1)
+            kept, groups = kept + int((counts <= n).sum()), groups + counts.numel()
+    return kept / groups if groups else 1.0
+
+
 def efficiency_entry(model, model_path) -> dict | None:
     """What the efficiency results show of a slimmed checkpoint: its record's settings and the
     sparsity measured on the loaded weights (None when ``model_path`` holds no record)."""
@@ -60,4 +75,7 @@ def efficiency_entry(model, model_path) -> dict | None:
     keys = ("method", "sparsity", "pattern", "targets", "calibration")
     return {**{k: record[k] for k in keys if k in record}, "measured_sparsity": measured["overall"],
             "nonzero_target_weights": measured["weights"] - measured["zeros"],
-            "target_weights": measured["weights"], "measured_sparsity_per_layer": measured["layers"]}
+            "target_weights": measured["weights"], "measured_sparsity_per_layer": measured["layers"],
+            **({"pattern_groups_kept": pattern_groups_kept(model, record.get("targets", ["routed"]),
+                                                           *map(int, record["pattern"].split(":")))}
+               if record.get("pattern") else {})}
