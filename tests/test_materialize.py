@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -119,6 +120,9 @@ def test_cli_writes_the_eep_pure_pruning_file_as_a_plain_checkpoint(shared_dir, 
     assert main(["--model_path", str(tmp_path / "model"), "--coeff_path", str(coeff), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "plain" in printed and "parameters:" in printed and "bytes:" in printed
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask  # an ordinary folder, not mkdtemp's 0700
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
     assert reloaded.config.num_local_experts == 6
     expected = logits_of(apply_plan(copy.deepcopy(original), load_plan(coeff)), IDS)

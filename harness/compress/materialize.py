@@ -117,6 +117,9 @@ def _atomic_dir(out_dir: Path, write) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private (0700); the output is an ordinary folder
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)
