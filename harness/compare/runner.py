@@ -186,34 +186,16 @@ class Comparison:
         return make
 
     def cd_moe_plan(self, row: Row, folder: Path, n: int, k: int):
-        """CD-MoE's greedy expert and layer search, through harness/tasks/condense.py's steps."""
-        from harness.methods import cd_moe
+        """CD-MoE's greedy expert and layer search: harness/tasks/condense.py's own ``search_plan``."""
         from harness.tasks import condense
 
         o, cal = row.options, self.suite.calibration
-        model = self.lm.model
-        condense.check_model(model, n, k)
+        condense.check_model(self.lm.model, n, k)
         args = SimpleNamespace(calib_cfg=[cal["calib_cfg"]] if cal.get("calib_cfg") else None,
                                calib_data=cal.get("calib_data"), calib_samples=o["calib_samples"],
                                calib_seq_len=o["calib_seq_len"], calib_batch_size=o["calib_batch_size"],
                                weight_rule=o["weight_rule"], beam=o["beam"])
-        documents, source = condense.calibration_documents(self.run, self.lm, args)
-        progress = condense.Progress(folder, condense.settings_fingerprint(self.lm, documents, args), k, args.beam)
-        batches = cd_moe.make_batches(documents, self.lm.pad_token_id, args.calib_batch_size, self.lm.device)
-        self.runner.evaluator.use(None)
-        calib = cd_moe.calibrate(model, batches, args.weight_rule)
-        condense.expert_weights(progress, calib, args.weight_rule)
-        experts = condense.expert_orders(model, progress, calib, k)
-        steps = condense.layer_order(model, progress, calib, experts, n, args.beam)
-        chosen = steps[-1][0]["layers"]
-        plan = cd_moe.condensed_plan(model, {i: experts[i] for i in chosen}, calib.weights, method="cd_moe",
-                                     condense_layers=n, condense_experts=k, beam=args.beam,
-                                     weight_rule=args.weight_rule, layer_order=chosen,
-                                     calibration=f"{source} ({len(documents)} documents)",
-                                     calibration_fingerprint=progress.fingerprint,
-                                     deviations=list(cd_moe.DEVIATIONS))
-        del calib, batches
-        gc.collect()
+        plan, _, _ = condense.search_plan(self.run, self.runner, args, n, k, folder)
         return plan
 
     # ------------------------------------------------------------------ running

@@ -268,18 +268,14 @@ def check_model(model, n: int, k: int) -> None:
         raise HarnessError(f"--condense_layers {n} is more than the model's {len(moe.moe_layers)} MoE layers")
 
 
-@main_guard
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    calib_data = None if args.calib_cfg else (args.calib_data or DEFAULT_CALIB)
-    run = Run.prepare(args, calib_data=calib_data)
-    runner = PlanRunner(run, run.load_model())
-    model, k, n = runner.lm.model, args.condense_experts, args.condense_layers
-    check_model(model, n, k)
-    config = copy.deepcopy(model.config)  # before a plan rewrites it, for the analytic FLOPs
+def search_plan(run: Run, runner: PlanRunner, args, n: int, k: int, work_dir: Path):
+    """CD-MoE's whole search on the loaded model: calibration documents, expert weights, each layer's
+    expert order, the greedy layer order (each step saved in ``work_dir/cd_moe``, resumable), and the
+    plan condensing the ``n`` chosen layers to ``k`` experts. Returns (plan, expert orders, layer steps).
+    The comparison suite (harness/compare/runner.py) runs this same function."""
+    model = runner.lm.model
     documents, source = calibration_documents(run, runner.lm, args)
-    run.start()
-    progress = Progress(run.work_dir, settings_fingerprint(runner.lm, documents, args), k, args.beam)
+    progress = Progress(work_dir, settings_fingerprint(runner.lm, documents, args), k, args.beam)
     batches = cd_moe.make_batches(documents, runner.lm.pad_token_id, args.calib_batch_size, runner.lm.device)
     runner.evaluator.use(None)
     calib = cd_moe.calibrate(model, batches, args.weight_rule)
@@ -294,6 +290,21 @@ def main(argv=None) -> int:
                                  calibration_fingerprint=progress.fingerprint, deviations=list(cd_moe.DEVIATIONS))
     del calib, batches  # the layer caches; the evaluation needs the memory
     gc.collect()
+    return plan, experts, steps
+
+
+@main_guard
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    calib_data = None if args.calib_cfg else (args.calib_data or DEFAULT_CALIB)
+    run = Run.prepare(args, calib_data=calib_data)
+    runner = PlanRunner(run, run.load_model())
+    model, k, n = runner.lm.model, args.condense_experts, args.condense_layers
+    check_model(model, n, k)
+    config = copy.deepcopy(model.config)  # before a plan rewrites it, for the analytic FLOPs
+    run.start()
+    plan, experts, steps = search_plan(run, runner, args, n, k, run.work_dir)
+    chosen = steps[-1][0]["layers"]
     plan_path = runner.save(plan, run.work_dir / "plan.safetensors")
     summary = {"layer_order": chosen, "experts": {str(i): experts[i] for i in chosen},
                "weights": {str(i): [float(w) for w in plan.layers[i].condensed_weights] if experts[i] else [] for i in chosen},
@@ -308,7 +319,7 @@ def main(argv=None) -> int:
         run.print(f"condensed layers {chosen} (K={k}): {result['memory_ratio']:.1%} of the full model's bytes, "
                   f"prefill {prefill:.2f}x, decode {result['speedup']:.2f}x the full model's speed")
     if distributed.is_main():
-        atomic_write_json(progress.folder / "summary.json", summary)
+        atomic_write_json(run.work_dir / "cd_moe" / "summary.json", summary)
     for abbr, metrics in runner.evaluate(plan, run.work_dir).items():
         runner.report(f"{runner.lm.abbr}/{abbr} cd_moe N={n} K={k}", metrics)
     run.print(f"plan: {plan_path}")
