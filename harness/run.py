@@ -98,7 +98,8 @@ def add_run_arguments(parser, config_help: str = "dataset config file (may also 
     parser.add_argument("--batch_size", type=positive_int, help="override the model's batch size")
     parser.add_argument("--dtype", choices=DTYPES, help="override the model config's dtype (e.g. float32 on CPU)")
     parser.add_argument("--model_kwargs", type=json_object, metavar="JSON", help='JSON object merged into the model config\'s model_kwargs (from_pretrained arguments), e.g. \'{"attn_implementation": "eager"}\'')
-    parser.add_argument("--max_num", type=positive_int, help="evaluate only the first N items of each dataset")
+    parser.add_argument("--max_num", type=positive_int, help="use only the first N items of each dataset (the "
+                        "evaluated ones, and also a search's train/dev set and --calib_cfg prompts)")
 
 
 def check_work_dir(path: str) -> Path:
