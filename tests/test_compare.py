@@ -316,3 +316,24 @@ def test_the_gpu_model_configs_and_their_documented_budgets_fit(cfg, shape, budg
     budget_range(moe.num_experts, moe.top_k, list(budgets), shape)
     with pytest.raises(Exception, match="pass budgets from"):
         budget_range(moe.num_experts, moe.top_k, [moe.num_experts], shape)
+
+
+def test_matched_layer_drop_frees_the_bytes_of_the_budget_not_the_layer_count():
+    """With a shared expert as large as the routed ones together, a dropped MoE sub-layer frees twice
+    the routed experts' bytes, so half as many layers match budget 4 of 8 as the layer count says."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.compare.runner import matching_drop_count
+    from tests.tiny import tiny_config
+
+    h, i, e, layers = 32, 16, 8, 8
+    config = tiny_config("qwen2_moe", num_hidden_layers=layers, num_experts=e, num_experts_per_tok=2,
+                         moe_intermediate_size=i, shared_expert_intermediate_size=e * i, mlp_only_layers=[],
+                         decoder_sparse_step=1)
+    model = AutoModelForCausalLM.from_config(config)
+    routed = e * 3 * h * i * 4  # float32 bytes of one layer's routed experts
+    block = routed + 3 * h * (e * i) * 4 + e * h * 4 + h * 4  # + shared expert, router, shared-expert gate
+    for budget in (4, 6):
+        expected = round(layers * routed * (e - budget) / e / block)
+        assert matching_drop_count(model, budget, "layer_drop") == expected
+    assert matching_drop_count(model, 4, "layer_drop") == 2  # not 8 * 4 / 8 = 4

@@ -54,6 +54,21 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+def matching_drop_count(model, budget: int, what: str) -> int:
+    """How many MoE sub-layers (``layer_drop``) or decoder blocks (``block_drop``) to drop so that about
+    as many bytes go as keeping ``budget`` of E routed experts in every MoE layer frees. Counted in
+    bytes, not layers: a dropped MoE sub-layer also takes its shared experts and router, so with a
+    large shared expert (Qwen-MoE, DeepSeek-MoE, the MoEfied SmolLM2) fewer layers free the same memory."""
+    from harness.efficiency.memory import footprint, storage_bytes
+
+    moe = resolve(model)
+    e = moe.num_experts
+    removed = footprint(model)["expert_bytes"] * (e - budget) / e
+    units = decoder_layers(model) if what == "block_drop" else [block for _, block in moe.blocks()]
+    per_unit = sum(storage_bytes(list(u.parameters())) for u in units) / len(units)
+    return max(1, min(len(units) - 1, round(removed / per_unit)))
+
+
 @dataclass
 class Unit:
     """One plan to evaluate: its folder, how to make its plan, and what its row is."""
@@ -140,22 +155,15 @@ class Comparison:
                                                size)], size)]
 
     def matched_count(self, value, budget: int, what: str, keep: int = 0) -> int:
-        """``value``, or for 'match' the count of layers/blocks whose removal frees about as many
-        parameters as keeping ``budget`` of E experts in every MoE layer does."""
+        """``value``, or for 'match' the count of layers/blocks (``matching_drop_count``) or of CD-MoE's
+        condensed layers (as many routed experts removed as keeping ``budget`` of E everywhere)."""
         if value != "match":
             return int(value)
-        moe = resolve(self.lm.model)
-        layers, e = len(moe.moe_layers), moe.num_experts
-        if what == "block_drop":
-            from harness.efficiency.memory import footprint, storage_bytes
-
-            removed = footprint(self.lm.model)["expert_bytes"] * (e - budget) / e
-            blocks = decoder_layers(self.lm.model)
-            per_block = sum(storage_bytes(list(b.parameters())) for b in blocks) / len(blocks)
-            return max(1, min(len(blocks) - 1, round(removed / per_block)))
-        if what == "cd_moe":  # a condensed layer keeps K of E experts
+        if what == "cd_moe":  # a condensed layer keeps K of E routed experts; nothing else goes
+            moe = resolve(self.lm.model)
+            layers, e = len(moe.moe_layers), moe.num_experts
             return max(1, min(layers, round(layers * (e - budget) / max(1, e - keep))))
-        return max(1, min(layers - 1, round(layers * (e - budget) / e)))
+        return matching_drop_count(self.lm.model, budget, what)
 
     # ------------------------------------------------------------------ plan makers
     def calibration(self):
