@@ -337,3 +337,23 @@ def test_matched_layer_drop_frees_the_bytes_of_the_budget_not_the_layer_count():
         expected = round(layers * routed * (e - budget) / e / block)
         assert matching_drop_count(model, budget, "layer_drop") == expected
     assert matching_drop_count(model, 4, "layer_drop") == 2  # not 8 * 4 / 8 = 4
+
+
+def test_a_rerun_where_match_resolves_to_another_size_remakes_the_plan(tmp_path, monkeypatch):
+    """Same suite and work dir, but 'match' now resolves layer_drop to 2 layers instead of 1 (the matching
+    rule or the model changed): the saved 1-layer plan is not reused under the label 'drop_n 2'; the new
+    plan drops 2 layers and the row's cells are its own. (Changed settings stop before the model loads.)"""
+    from harness.compare import runner
+
+    work = tmp_path / "cmp"
+    suite = write_suite(tmp_path / "suite.py", "[dict(name='layer_drop', drop_n='match')]")
+    monkeypatch.setattr(runner, "matching_drop_count", lambda model, budget, what: 1)
+    assert compare.main([suite, "--budget", "4", "--work_dir", str(work)]) == 0
+    plan_path = work / "budget_4" / "layer_drop" / "plan.safetensors"
+    assert sum(lp.mode == "dropped" for lp in load_plan(str(plan_path)).layers.values()) == 1
+    cells_before = rows_of(work)[("layer_drop", 4)]["cells"]
+    monkeypatch.setattr(runner, "matching_drop_count", lambda model, budget, what: 2)
+    assert compare.main([suite, "--budget", "4", "--work_dir", str(work)]) == 0
+    assert sum(lp.mode == "dropped" for lp in load_plan(str(plan_path)).layers.values()) == 2
+    row = rows_of(work)[("layer_drop", 4)]
+    assert row["size"] == "drop_n 2" and row["cells"]["memory_ratio"][0] < cells_before["memory_ratio"][0]

@@ -226,7 +226,15 @@ class Comparison:
 
     def run_unit(self, unit: Unit) -> None:
         status = unit.status()
-        status.update(spec=unit.row.spec(), budget=unit.budget, size=unit.size)
+        current = dict(spec=unit.row.spec(), budget=unit.budget, size=unit.size)
+        saved_plan = unit.folder / "plan.safetensors"
+        if saved_plan.is_file() and {k: status.get(k) for k in current} != current:
+            # the suite changed this row's settings (or a 'match' resolves to another size): the saved
+            # plan is another method's; its predictions are keyed by the plan and so are not reused either
+            log.info("%s: settings changed (%s -> %s), remaking the plan", unit.folder, status.get("size"), unit.size)
+            saved_plan.unlink()
+            status = {}
+        status.update(current)
         status.setdefault("seconds", {})
         errors = {}
 
