@@ -673,3 +673,32 @@ def test_every_config_file_parses_and_builds_where_its_data_exists(path):
     if not built:
         require_shared()  # without ../shared: skip, or fail under CI=true
         pytest.skip(f"no data for {Path(path).name} here: {missing[0]}")
+
+
+def test_gen_squad_prompts_references_and_scorer_on_the_real_file(data):
+    """The suites' generation benchmark: lm-eval's SQuAD prompt from the real v1.1 dev file (read here
+    with zipfile + json, not the harness loader), every annotator answer as a reference, 16 new tokens
+    cut at a newline, and the official F1/EM: the first gold answer scores 100, a wrong one 0."""
+    import json as _json
+    import zipfile
+
+    from harness.openicl.evaluators.squad import SQuADEvaluator
+
+    cfg = load_config(str(REPO / "dataset_cfgs" / "gen_squad.py"))
+    dataset, = dataset_configs(cfg)
+    task = EvalTask(dataset, data_root=str(data), max_num=3)
+    prompts = task.prompts(FakeModel(None))
+    with zipfile.ZipFile(data / "squad" / "dev-v1.1.json.zip") as z:
+        raw = _json.loads(z.read(next(n for n in z.namelist() if n.endswith(".json"))))
+    article = raw["data"][0]
+    paragraph = article["paragraphs"][0]
+    for i in range(3):
+        qa = paragraph["qas"][i]
+        assert prompts[i] == (f"Title: {article['title']}\n\nBackground: {paragraph['context']}\n\n"
+                              f"Question: {qa['question']}\n\nAnswer:")
+        assert task.data.references[i] == [a["text"] for a in qa["answers"]]
+    inferencer = dataset["infer_cfg"]["inferencer"]
+    assert inferencer["max_out_len"] == 16 and inferencer["stop_strings"] == ["\n"]
+    gold = [refs[0] for refs in task.data.references]
+    assert SQuADEvaluator().score(gold, task.data.references) == {"em": 100.0, "f1": 100.0}
+    assert SQuADEvaluator().score(["the 1987 season"] * 3, task.data.references) == {"em": 0.0, "f1": 0.0}
