@@ -71,7 +71,6 @@ def test_awq_without_gpu_is_a_one_line_error(tmp_path, folder, capsys):
 def test_quantised_tiny_model_loads_every_weight_and_scores_through_infer(tmp_path, folder):
     from transformers import AutoModelForCausalLM
 
-    from harness.tasks import infer
 
     out = tmp_path / "gptq"
     assert quantize("--model_path", folder, "--scheme", "gptq", "--calib_data", folder / "calib.jsonl",
@@ -87,18 +86,9 @@ def test_quantised_tiny_model_loads_every_weight_and_scores_through_infer(tmp_pa
         assert 0 < ((w - w0).norm() / w0.norm()).item() < 0.3  # the quantised experts, not random ones
     if tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 23):
         return  # infer.py needs the project's transformers (>=5.23); llmcompressor's env has 5.17 (docs/SLIMMING.md)
-    data = tmp_path / "qa.jsonl"
-    data.write_text("".join(json.dumps({"question": q, "label": "A"}) + "\n" for q in ("is it?", "was it?")))
-    cfg = tmp_path / "eval.py"
-    cfg.write_text(f"""
-models = [dict(type='HFCausalLM', abbr='quantised', path='unused', max_seq_len=64, batch_size=2)]
-datasets = [dict(abbr='qa', reader_cfg=dict(type='jsonl', path='{data}', input_columns=['question'], output_column='label'),
-    infer_cfg=dict(prompt_template=dict(template='Q: {{question}} A:'),
-                   inferencer=dict(type='PPLInferencer', continuations={{'A': ' yes', 'B': ' no'}})),
-    eval_cfg=dict(evaluator=dict(type='AccEvaluator')))]
-""")
-    assert infer.main([str(cfg), "--model_path", str(out), "--work_dir", str(tmp_path / "w")]) == 0
-    assert (tmp_path / "w/results/quantised/qa.json").is_file()
+    from tests.test_quantized_loading import assert_scores_through_infer
+
+    assert_scores_through_infer(tmp_path, out)
 
 
 @pytest.mark.skipif(not HAVE_LLMCOMPRESSOR, reason="llmcompressor is not installed here (it pins transformers<=5.17); "

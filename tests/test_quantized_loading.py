@@ -107,12 +107,10 @@ def test_per_expert_int4_folder_loads_fused_with_exactly_the_quantised_values(fo
     assert not torch.equal(lm.model.model.layers[0].mlp.experts.down_proj, ref.model.layers[0].mlp.experts.down_proj)
 
 
-@pytest.mark.skipif(tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 23),
-                    reason="infer.py needs the project's transformers (>=5.23); llmcompressor's environment has 5.17")
-def test_quantised_folder_scores_through_infer_and_reports_packed_bytes(tmp_path, folders):
-    from harness.tasks import efficiency, infer
+def assert_scores_through_infer(tmp_path, folder) -> None:
+    """``infer.py --model_path folder`` on a two-item yes/no likelihood task writes its results."""
+    from harness.tasks import infer
 
-    base, quant, _ = folders
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"question": q, "label": "A"}) + "\n" for q in ("is it?", "was it?")))
     cfg = tmp_path / "eval.py"
@@ -123,8 +121,17 @@ datasets = [dict(abbr='qa', reader_cfg=dict(type='jsonl', path='{data}', input_c
                    inferencer=dict(type='PPLInferencer', continuations={{'A': ' yes', 'B': ' no'}})),
     eval_cfg=dict(evaluator=dict(type='AccEvaluator')))]
 """)
-    assert infer.main([str(cfg), "--model_path", str(quant), "--work_dir", str(tmp_path / "w")]) == 0
+    assert infer.main([str(cfg), "--model_path", str(folder), "--work_dir", str(tmp_path / "w")]) == 0
     assert (tmp_path / "w/results/quantised/qa.json").is_file()
+
+
+@pytest.mark.skipif(tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 23),
+                    reason="infer.py needs the project's transformers (>=5.23); llmcompressor's environment has 5.17")
+def test_quantised_folder_scores_through_infer_and_reports_packed_bytes(tmp_path, folders):
+    from harness.tasks import efficiency
+
+    base, quant, _ = folders
+    assert_scores_through_infer(tmp_path, quant)
     assert efficiency.main(["--model_path", str(quant), "--work_dir", str(tmp_path / "e"), "--context_lengths", "16",
                             "--batch_sizes", "1", "--decode_context", "8", "--decode_tokens", "2", "--repeats", "1"]) == 0
     result = json.loads(next((tmp_path / "e/results").glob("*/efficiency.json")).read_text())

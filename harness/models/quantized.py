@@ -96,7 +96,7 @@ def dequantised_state(path) -> tuple[dict, dict]:
     state = {}
     for shard in sorted(path.glob("*.safetensors")):
         state.update(load_file(shard))
-    out = {k: v for k, v in state.items() if not k.rsplit(".", 1)[-1] in QUANTISATION_PARTS}
+    out = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in QUANTISATION_PARTS}
     for key in [k for k in state if k.endswith(PACKED_SUFFIX)]:
         module = key[: -len(PACKED_SUFFIX)]
         local = {p: state[f"{module}.{p}"] for p in QUANTISATION_PARTS if f"{module}.{p}" in state}
