@@ -71,7 +71,6 @@ def test_awq_without_gpu_is_a_one_line_error(tmp_path, folder, capsys):
 def test_quantised_tiny_model_loads_every_weight_and_scores_through_infer(tmp_path, folder):
     from transformers import AutoModelForCausalLM
 
-
     out = tmp_path / "gptq"
     assert quantize("--model_path", folder, "--scheme", "gptq", "--calib_data", folder / "calib.jsonl",
                     "--calib_seq_len", 16, "--calib_samples", 8, "--group_size", 16, "--out", out) == 0
